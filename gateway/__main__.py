@@ -1,0 +1,7 @@
+"""Runs the gateway's command line: python -m gateway."""
+
+import sys
+
+from gateway.cli import main
+
+sys.exit(main())

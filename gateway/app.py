@@ -1,0 +1,141 @@
+"""Builds the aiohttp application: both surfaces, the error middleware, the database lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from gateway import observability, openapi
+from gateway.config import Settings
+from gateway.errors import (
+    GatewayError,
+    InternalError,
+    MethodNotAllowed,
+    RequestTooLarge,
+    UnknownEndpoint,
+)
+from gateway.executor import Executor, GroupCommitter
+from gateway.keys import EXECUTOR, RATE_LIMITER, SETTINGS
+from gateway.ratelimit import RateLimiter
+from gateway.store import Store, create_pool
+from gateway.surfaces import internal, layer, navixy
+
+log = logging.getLogger(__name__)
+
+# Expired sessions stop working at once (every query checks expires_at); this
+# only reclaims their rows, and their registrations with them.
+PURGE_INTERVAL_SECONDS = 60
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_ERRORS: dict[int, type[GatewayError]] = {
+    404: UnknownEndpoint,
+    405: MethodNotAllowed,
+    413: RequestTooLarge,
+}
+
+
+def render_error(request: web.Request, exc: GatewayError) -> web.Response:
+    if internal.owns(request.path):
+        return internal.render_error(exc)
+    if navixy.owns(request.path):
+        return navixy.render_error(exc)
+    return layer.render_error(exc)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as an error in the caller's dialect; nothing internal leaks."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return render_error(request, exc)
+    except web.HTTPException as exc:
+        kind = _HTTP_ERRORS.get(exc.status)
+        if kind is None:
+            log.warning(
+                "unexpected HTTP exception %s at %s", exc.status, observability.route_of(request)
+            )
+            return render_error(request, InternalError())
+        return render_error(request, kind(exc.reason))
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, observability.route_of(request))
+        return render_error(request, InternalError())
+
+
+async def _purge_expired_sessions(store: Store) -> None:
+    while True:
+        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+        try:
+            purged = await store.purge_expired_sessions()
+        except Exception:
+            log.warning("purging expired sessions failed", exc_info=True)
+        else:
+            if purged:
+                log.info("purged %d expired sessions", purged)
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Opens the pool and the group-commit writer; on shutdown drains the writer, then closes."""
+    settings = app[SETTINGS]
+    if settings.database_url is None:
+        raise RuntimeError("Settings.database_url must be resolved before the app starts")
+    pool = await create_pool(
+        settings.database_url, min_size=settings.pool_min_size, max_size=settings.pool_max_size
+    )
+    store = Store(pool)
+    writer = GroupCommitter(store, max_pending=settings.max_pending_writes)
+    writer.start()
+    app[EXECUTOR] = Executor(store, writer, app[RATE_LIMITER])
+    purger = asyncio.create_task(_purge_expired_sessions(store), name="purge-sessions")
+    try:
+        yield
+    finally:
+        purger.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purger
+        await writer.close()
+        await pool.close()
+
+
+async def health_live(request: web.Request) -> web.Response:
+    """The process answers; says nothing of the database."""
+    return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+
+async def health_ready(request: web.Request) -> web.Response:
+    """Whether requests can be served now: the database answers a query within the timeouts."""
+    try:
+        await request.app[EXECUTOR].store.ping()
+    except GatewayError:
+        return web.Response(
+            status=503,
+            body=b'{"status":"unavailable","database":"down"}',
+            content_type="application/json",
+        )
+    return web.Response(body=b'{"status":"ready","database":"up"}', content_type="application/json")
+
+
+def create_app(settings: Settings, limiter: RateLimiter | None = None) -> web.Application:
+    """The gateway's app; ``limiter`` is shared by worker processes, else one is made."""
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        # Outermost first: the request id and the metrics see every error response too.
+        middlewares=[observability.observe_requests, error_middleware],
+    )
+    app[SETTINGS] = settings
+    app[RATE_LIMITER] = limiter or RateLimiter(settings.rate_limit, settings.rate_burst)
+    app.cleanup_ctx.append(database_ctx)
+    app.router.add_get("/health/live", health_live, allow_head=False)
+    app.router.add_get("/health/ready", health_ready, allow_head=False)
+    layer.setup_routes(app)
+    navixy.setup_routes(app)
+    internal.setup_routes(app)
+    # After database_ctx: it watches the writer database_ctx makes.
+    observability.setup(app)
+    openapi.setup_routes(app)
+    return app

@@ -1,0 +1,187 @@
+"""The command line: serve, migrate, and session create/revoke, all on the same database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config import ConfigError, Settings
+from gateway.database import redact, resolve_database_url
+from gateway.errors import GatewayError, SessionNotFound
+
+log = logging.getLogger("gateway")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Push-token gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve both API dialects over HTTP")
+    serve.add_argument("--host", help="address to listen on (GATEWAY_HOST)")
+    serve.add_argument("--port", type=int, help="port to listen on (GATEWAY_PORT)")
+    serve.add_argument(
+        "--workers", type=int, help="processes sharing the port with SO_REUSEPORT (GATEWAY_WORKERS)"
+    )
+
+    commands.add_parser("migrate", help="apply schema.sql (idempotent)")
+
+    session = commands.add_parser("session", help="create or revoke sessions")
+    session_commands = session.add_subparsers(dest="session_command", required=True)
+    create = session_commands.add_parser("create", help="print a new session token for USER")
+    create.add_argument("user")
+    create.add_argument("--ttl", type=int, help="lifetime in seconds (GATEWAY_SESSION_TTL)")
+    revoke = session_commands.add_parser("revoke", help="end a session and its registrations")
+    revoke.add_argument("token")
+    return parser
+
+
+async def _migrate(dsn: str) -> None:
+    from gateway.store import apply_schema
+
+    await apply_schema(dsn)
+
+
+async def _with_store(dsn: str, action: str, argument: str, ttl: int) -> str:
+    from gateway.commands import SessionRef
+    from gateway.store import Store, create_pool
+    from gateway.validation import check_identifier
+
+    pool = await create_pool(dsn, min_size=1, max_size=1)
+    try:
+        store = Store(pool)
+        if action == "create":
+            return await store.create_session(check_identifier(argument), ttl)
+        await store.end_session(SessionRef.from_token(argument.strip().lower()))
+        return ""
+    finally:
+        await pool.close()
+
+
+def _serve_one(settings: Settings, buckets_name: str | None = None, lock: Any = None) -> None:
+    """One server process: its own event loop, pool and group-commit writer.
+
+    Workers attach the parent's rate-limit buckets, so a session's limit holds
+    across all of them.
+    """
+    import uvloop
+
+    from gateway.app import create_app
+    from gateway.observability import AccessLogger, setup_logging
+    from gateway.ratelimit import RateLimiter, SharedBuckets
+
+    setup_logging(logging.INFO)
+    buckets = SharedBuckets(buckets_name) if buckets_name else None
+    limiter = RateLimiter(settings.rate_limit, settings.rate_burst, buckets, lock)
+    web.run_app(
+        create_app(settings, limiter),
+        host=settings.host,
+        port=settings.port,
+        # Every process binds the same port; the kernel spreads connections.
+        reuse_port=settings.workers > 1,
+        access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
+        # Route templates, never raw paths or query strings: those carry session tokens.
+        access_log_class=AccessLogger,
+        print=None,
+        loop=uvloop.new_event_loop(),
+        # SIGTERM: stop accepting, let in-flight requests finish (their writes
+        # commit), then drain the write queue in the app's cleanup.
+        shutdown_timeout=30,
+    )
+
+
+def _serve(settings: Settings) -> int:
+    asyncio.run(_migrate(settings.database_url or ""))
+    log.info(
+        "serving on http://%s:%d with %d worker(s)", settings.host, settings.port, settings.workers
+    )
+    if settings.workers == 1:
+        _serve_one(settings)
+        return 0
+    # spawn, not fork: a worker must not inherit the parent's handle on the
+    # embedded database (or its exit hooks).
+    from gateway.ratelimit import SharedBuckets
+
+    context = multiprocessing.get_context("spawn")
+    buckets = SharedBuckets()
+    lock = context.Lock()
+    workers = [
+        context.Process(
+            target=_serve_one,
+            args=(settings, buckets.name, lock),
+            name=f"gateway-worker-{number}",
+        )
+        for number in range(settings.workers)
+    ]
+    for worker in workers:
+        worker.start()
+
+    def forward(signum: int, _: object) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        for worker in workers:
+            worker.join()
+    finally:
+        buckets.close(unlink=True)
+    return max((worker.exitcode or 0) for worker in workers)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from gateway.observability import setup_logging
+
+    arguments = _parser().parse_args(argv)
+    setup_logging(logging.INFO)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if arguments.command == "serve":
+        settings = replace(
+            settings,
+            host=arguments.host or settings.host,
+            port=settings.port if arguments.port is None else arguments.port,
+            workers=settings.workers if arguments.workers is None else arguments.workers,
+        )
+        if not 1 <= settings.workers <= 64:
+            print("gateway: --workers must be between 1 and 64", file=sys.stderr)
+            return 2
+    dsn = resolve_database_url(settings.database_url, settings.data_dir)
+    settings = replace(settings, database_url=dsn)
+    log.info("database: %s", redact(dsn))
+
+    if arguments.command == "serve":
+        return _serve(settings)
+    if arguments.command == "migrate":
+        asyncio.run(_migrate(dsn))
+        return 0
+    try:
+        if arguments.session_command == "create":
+            ttl = settings.session_ttl if arguments.ttl is None else arguments.ttl
+            if ttl <= 0:
+                print("gateway: --ttl must be a positive number of seconds", file=sys.stderr)
+                return 2
+            print(asyncio.run(_with_store(dsn, "create", arguments.user, ttl)))
+        else:
+            asyncio.run(_with_store(dsn, "revoke", arguments.token, 0))
+    except SessionNotFound:
+        print("gateway: no such live session", file=sys.stderr)
+        return 1
+    except (GatewayError, ValueError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    return 0

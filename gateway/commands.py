@@ -1,0 +1,111 @@
+"""The commands every surface turns a request into: what the caller asked, in our own words."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+
+
+class Provider(enum.StrEnum):
+    """The push service a token belongs to, whatever dialect named it."""
+
+    APNS = "apns"
+    FCM = "fcm"
+    WEBPUSH = "webpush"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRef:
+    """A session as a caller presented it: only the token's digest is ever kept."""
+
+    token_sha256: bytes
+
+    @classmethod
+    def from_token(cls, token: str) -> SessionRef:
+        return cls(hashlib.sha256(token.encode("ascii")).digest())
+
+
+@dataclass(frozen=True, slots=True)
+class WebPushKeys:
+    p256dh: str
+    auth: str
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterToken:
+    """Register a push token for the session's user.
+
+    ``device_id`` keys a Layer registration (one per user and device); ``None``
+    makes it the session's own binding (Navixy: one per session).
+    """
+
+    session: SessionRef
+    device_id: str | None
+    provider: Provider
+    token: str
+    category_filter: str = "*"
+    apns_bundle_id: str | None = None
+    gcm_sender_id: str | None = None
+    ios_version: str | None = None
+    webpush: WebPushKeys | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnregisterToken:
+    """Remove the registration for ``device_id``, or the session's binding when it is ``None``."""
+
+    session: SessionRef
+    device_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EndSession:
+    """End a session; its registrations end with it."""
+
+    session: SessionRef
+
+
+@dataclass(frozen=True, slots=True)
+class ListRegistrations:
+    """Every live registration of the session's user, both dialects'."""
+
+    session: SessionRef
+
+
+WriteCommand = RegisterToken | UnregisterToken
+
+
+@dataclass(frozen=True, slots=True)
+class FindTargets:
+    """Every live registration of ``users`` whose category filter admits ``category``.
+
+    ``users`` is the audience as the sender meant it: distinct, with the users
+    to leave out (the sender of the message) already gone.
+    """
+
+    users: tuple[str, ...]
+    category: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadToken:
+    """A token its push service reported as gone for good."""
+
+    provider: Provider
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class PruneTokens:
+    """Remove every registration of these tokens, whichever user or session holds it."""
+
+    tokens: tuple[DeadToken, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSession:
+    """Start a session for a user, lasting ``ttl_seconds``."""
+
+    user_id: str
+    ttl_seconds: int

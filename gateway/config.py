@@ -1,0 +1,142 @@
+"""The gateway's settings: read once from GATEWAY_* environment variables, checked at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.validation import DEFAULT_CATEGORIES
+
+DEFAULT_SESSION_TTL = 30 * 24 * 3600
+
+# The largest legitimate request is a Web Push bind: a 2 KiB endpoint, an
+# 87-character p256dh, a category list and a session hash, well under 8 KiB.
+# 64 KiB leaves room for clients that pad or send extra fields, and keeps a
+# flood of large bodies from costing memory.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, maximum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not 0 <= value <= maximum:
+        raise ConfigError(f"{name} must be between 0 and {maximum}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _categories(env: Mapping[str, str]) -> frozenset[str]:
+    raw = env.get("GATEWAY_CATEGORIES")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_CATEGORIES
+    names = frozenset(item.strip() for item in raw.split(","))
+    bad = sorted(name for name in names if not name.isidentifier() or name in {"", "*"})
+    if bad:
+        raise ConfigError(f"GATEWAY_CATEGORIES has invalid category names: {bad}")
+    return names
+
+
+# Short keys can be guessed; 16 characters is the floor, 32 random hex
+# characters (`secrets.token_hex(16)`) is what to use.
+ADMIN_TOKEN_MIN_LENGTH = 16
+
+
+def _admin_token(env: Mapping[str, str]) -> str | None:
+    raw = env.get("GATEWAY_ADMIN_TOKEN")
+    if raw is None or raw == "":
+        return None
+    # A Bearer credential is one run of visible ASCII: anything else could
+    # never be sent back in an Authorization header.
+    if len(raw) < ADMIN_TOKEN_MIN_LENGTH or not all("!" <= ch <= "~" for ch in raw):
+        raise ConfigError(
+            f"GATEWAY_ADMIN_TOKEN must be at least {ADMIN_TOKEN_MIN_LENGTH} visible ASCII"
+            " characters without spaces"
+        )
+    return raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with the defaults a fresh checkout runs on."""
+
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    data_dir: Path = Path(".data")
+    session_ttl: int = DEFAULT_SESSION_TTL
+    categories: frozenset[str] = field(default=DEFAULT_CATEGORIES)
+    access_log: bool = False
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    pool_min_size: int = 2
+    pool_max_size: int = 8
+    # The key of the senders' /internal/ API; None leaves that API shut.
+    admin_token: str | None = field(default=None, repr=False)
+    # A session registers a token a few times a day; 100 a second with bursts
+    # of 200 stops a runaway client without touching a load test spread over
+    # many sessions. 0 turns limiting off.
+    rate_limit: float = 100.0
+    rate_burst: int = 200
+    # Past this many queued writes a process answers 503 at once instead of
+    # queueing without end: at ~20k writes/s it is half a second of work.
+    max_pending_writes: int = 10_000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        settings = cls(
+            database_url=env.get("DATABASE_URL") or None,
+            host=env.get("GATEWAY_HOST") or "127.0.0.1",
+            port=_int(env, "GATEWAY_PORT", 8080, 0, 65535),
+            workers=_int(env, "GATEWAY_WORKERS", 1, 1, 64),
+            data_dir=Path(env.get("GATEWAY_DATA_DIR") or ".data"),
+            session_ttl=_int(env, "GATEWAY_SESSION_TTL", DEFAULT_SESSION_TTL, 1, 10 * 365 * 86400),
+            categories=_categories(env),
+            access_log=_bool(env, "GATEWAY_ACCESS_LOG", False),
+            max_body_bytes=_int(
+                env, "GATEWAY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 1 << 24
+            ),
+            pool_min_size=_int(env, "GATEWAY_POOL_MIN_SIZE", 2, 1, 100),
+            pool_max_size=_int(env, "GATEWAY_POOL_MAX_SIZE", 8, 1, 100),
+            admin_token=_admin_token(env),
+            rate_limit=_float(env, "GATEWAY_RATE_LIMIT", 100.0, 1_000_000),
+            rate_burst=_int(env, "GATEWAY_RATE_BURST", 200, 1, 1_000_000),
+            max_pending_writes=_int(env, "GATEWAY_MAX_PENDING_WRITES", 10_000, 1, 10_000_000),
+        )
+        if settings.pool_min_size > settings.pool_max_size:
+            raise ConfigError("GATEWAY_POOL_MIN_SIZE must not exceed GATEWAY_POOL_MAX_SIZE")
+        return settings

@@ -1,0 +1,123 @@
+"""Runs commands: writes through one group-commit writer per process, the rest to the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from gateway.commands import (
+    EndSession,
+    ListRegistrations,
+    RegisterToken,
+    UnregisterToken,
+    WriteCommand,
+)
+from gateway.errors import DatabaseUnavailable, GatewayError, Overloaded, RateLimited
+from gateway.ratelimit import RateLimiter
+from gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+Command = RegisterToken | UnregisterToken | EndSession | ListRegistrations
+
+
+class GroupCommitter:
+    """Writes the commands waiting at the same moment in one transaction.
+
+    One flusher per process takes everything queued as soon as it is free; no
+    timer holds a lone request back. Each caller is answered only once its own
+    command's transaction has committed.
+    """
+
+    # Told each batch's size before it is written; gateway.observability sets it.
+    on_batch: Callable[[int], None] | None = None
+
+    def __init__(self, store: Store, *, max_batch: int = 1024, max_pending: int = 10_000) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._pending: list[tuple[WriteCommand, asyncio.Future[GatewayError | None]]] = []
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._flush_forever(), name="group-commit")
+
+    async def close(self) -> None:
+        """Stop taking commands, write the ones already queued, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def submit(self, command: WriteCommand) -> None:
+        if self._closing:
+            raise DatabaseUnavailable("the gateway is shutting down")
+        if len(self._pending) >= self._max_pending:
+            raise Overloaded()
+        future: asyncio.Future[GatewayError | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((command, future))
+        self._wakeup.set()
+        # A caller that goes away cancels only its own future; its command
+        # stays in the batch and is applied all the same.
+        outcome = await future
+        if outcome is not None:
+            raise outcome
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                await self._flush(batch)
+            if self._closing:
+                return
+
+    async def _flush(
+        self, batch: list[tuple[WriteCommand, asyncio.Future[GatewayError | None]]]
+    ) -> None:
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
+        try:
+            outcomes = await self._store.apply_writes([command for command, _ in batch])
+        except Exception as exc:
+            log.exception("group commit failed unexpectedly")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
+
+
+class Executor:
+    """The one place a command is run, whichever surface it came from."""
+
+    def __init__(self, store: Store, writer: GroupCommitter, limiter: RateLimiter) -> None:
+        self.store = store
+        self._writer = writer
+        self._limiter = limiter
+
+    @property
+    def writer(self) -> GroupCommitter:
+        """The group-commit writer, for gateway.observability to watch."""
+        return self._writer
+
+    async def execute(self, command: Command) -> Any:
+        if not self._limiter.allow(command.session.token_sha256):
+            raise RateLimited()
+        match command:
+            case RegisterToken() | UnregisterToken():
+                await self._writer.submit(command)
+                return None
+            case EndSession():
+                await self.store.end_session(command.session)
+                return None
+            case ListRegistrations():
+                return await self.store.list_registrations(command)

@@ -1,0 +1,13 @@
+"""Every aiohttp AppKey of the gateway, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.config import Settings
+from gateway.executor import Executor
+from gateway.ratelimit import RateLimiter
+
+SETTINGS = web.AppKey("settings", Settings)
+EXECUTOR = web.AppKey("executor", Executor)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)

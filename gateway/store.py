@@ -1,0 +1,552 @@
+"""Every line of SQL the gateway runs, and the turn of database failures into domain errors."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from gateway.commands import (
+    FindTargets,
+    ListRegistrations,
+    OpenSession,
+    PruneTokens,
+    RegisterToken,
+    SessionRef,
+    WriteCommand,
+)
+from gateway.errors import DatabaseError, DatabaseUnavailable, GatewayError, SessionNotFound
+
+log = logging.getLogger(__name__)
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
+
+# Layer's documented ceiling: registering a 26th token unregisters the oldest.
+MAX_REGISTRATIONS_PER_USER = 25
+
+# Bounds on waiting for the database, so an outage fails requests in seconds
+# instead of holding them: connecting, getting a pooled connection, and any
+# one statement. A batch of 1,024 writes takes tens of milliseconds; a hung
+# server (a partition, a frozen host) is answered 503 within about 8 s.
+CONNECT_TIMEOUT = 3.0
+ACQUIRE_TIMEOUT = 3.0
+STATEMENT_TIMEOUT = 5.0
+
+# Deadlocks between batches of different worker processes are possible (two
+# batches can meet on the same rows through token transfers in opposite
+# orders); Postgres breaks them by aborting one, which is then simply rerun.
+RETRIES_ON_CONFLICT = 3
+
+# What the pool hands out: a proxy that behaves as a connection.
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+# Deletes an expired session too, so that it stops holding registrations, but
+# reports only a live one as ended.
+END_SESSION = """
+DELETE FROM sessions WHERE token_sha256 = $1 RETURNING expires_at > now() AS was_live
+"""
+
+PURGE_EXPIRED_SESSIONS = """
+WITH gone AS (DELETE FROM sessions WHERE expires_at <= now() RETURNING 1)
+SELECT count(*) FROM gone
+"""
+
+RESOLVE_SESSIONS = """
+SELECT token_sha256, id, user_id FROM sessions
+WHERE token_sha256 = ANY($1::bytea[]) AND expires_at > now()
+"""
+
+# schema.sql's function re-checks every session under FOR KEY SHARE and
+# applies the plan in the same single round trip.
+APPLY_WRITES = "SELECT apply_registration_writes($1::json)"
+
+LIST_REGISTRATIONS = """
+SELECT caller.id AS caller_session, r.provider, r.token, r.device_id, r.category_filter,
+       r.apns_bundle_id, r.gcm_sender_id, r.ios_version, r.webpush_p256dh, r.webpush_auth,
+       r.created_at, r.updated_at
+FROM sessions AS caller
+LEFT JOIN (registrations AS r JOIN sessions AS owner
+           ON owner.id = r.session_id AND owner.expires_at > now())
+       ON r.user_id = caller.user_id
+WHERE caller.token_sha256 = $1 AND caller.expires_at > now()
+ORDER BY r.registered_seq DESC
+"""
+
+PING = "SELECT 1"
+
+# For the operators' gauge, run once per /metrics scrape: one pass over the
+# table, no lock beyond a plain read.
+COUNT_REGISTRATIONS_BY_PROVIDER = """
+SELECT provider, count(*) AS registrations FROM registrations GROUP BY provider
+"""
+
+
+def lock_key(*parts: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a user or a token."""
+    digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSession:
+    id: int
+    user_id: str
+
+
+@dataclass
+class WritePlan:
+    """The net effect of a batch of writes, equal to running them one at a time in order."""
+
+    delete_devices: list[tuple[str, str]] = field(default_factory=list)
+    # (user, session) of each Navixy binding to remove.
+    delete_bindings: list[tuple[str, int]] = field(default_factory=list)
+    # (provider, token, keep_user, keep_device, keep_session) per token registered.
+    release_tokens: list[tuple[str, str, str | None, str | None, int | None]] = field(
+        default_factory=list
+    )
+    # In arrival order: the per-user limit evicts the least recently registered.
+    upserts: list[tuple[ResolvedSession, RegisterToken]] = field(default_factory=list)
+    lock_keys: list[int] = field(default_factory=list)
+    session_ids: list[int] = field(default_factory=list)
+
+    def document(self) -> str:
+        """The plan as apply_registration_writes() in schema.sql reads it."""
+        return orjson.dumps(
+            {
+                "sessions": self.session_ids,
+                "locks": self.lock_keys,
+                "delete_devices": [
+                    {"user_id": user, "device_id": device} for user, device in self.delete_devices
+                ],
+                "delete_bindings": [
+                    {"user_id": user, "session_id": session_id}
+                    for user, session_id in self.delete_bindings
+                ],
+                "release": [
+                    dict(zip(_RELEASE_FIELDS, release, strict=True))
+                    for release in self.release_tokens
+                ],
+                "upserts": [
+                    _upsert(position, session, command)
+                    for position, (session, command) in enumerate(self.upserts)
+                ],
+                "max_per_user": MAX_REGISTRATIONS_PER_USER,
+            }
+        ).decode()
+
+
+_RELEASE_FIELDS = ("provider", "token", "keep_user", "keep_device", "keep_session")
+
+
+def _upsert(position: int, session: ResolvedSession, command: RegisterToken) -> dict[str, Any]:
+    return {
+        "position": position,
+        "user_id": session.user_id,
+        "session_id": session.id,
+        "device_id": command.device_id,
+        "provider": command.provider.value,
+        "token": command.token,
+        "apns_bundle_id": command.apns_bundle_id,
+        "gcm_sender_id": command.gcm_sender_id,
+        "ios_version": command.ios_version,
+        "webpush_p256dh": command.webpush.p256dh if command.webpush else None,
+        "webpush_auth": command.webpush.auth if command.webpush else None,
+        "category_filter": command.category_filter,
+    }
+
+
+RegistrationKey = tuple[str, str, str | int]
+
+
+def _key(session: ResolvedSession, command: WriteCommand) -> RegistrationKey:
+    if command.device_id is None:
+        return (session.user_id, "session", session.id)
+    return (session.user_id, "device", command.device_id)
+
+
+def plan_writes(writes: Sequence[tuple[ResolvedSession, WriteCommand]]) -> WritePlan:
+    """Reduce a batch to its net effect.
+
+    The last command for a key wins. A token registered anywhere in the batch
+    leaves its earlier holders even when a later command moves it on again, and
+    ends up only with the key whose command registered it last, if that command
+    is still the key's last one.
+    """
+    last_for_key: dict[RegistrationKey, int] = {}
+    last_for_token: dict[tuple[str, str], int] = {}
+    for index, (session, command) in enumerate(writes):
+        last_for_key[_key(session, command)] = index
+        if isinstance(command, RegisterToken):
+            last_for_token[(command.provider.value, command.token)] = index
+
+    plan = WritePlan()
+    final_indexes = set(last_for_key.values())
+    # In index order, so upserts keep the order the commands arrived in.
+    for index in sorted(final_indexes):
+        session, command = writes[index]
+        if (
+            isinstance(command, RegisterToken)
+            and last_for_token[(command.provider.value, command.token)] == index
+        ):
+            plan.upserts.append((session, command))
+        elif command.device_id is None:
+            plan.delete_bindings.append((session.user_id, session.id))
+        else:
+            plan.delete_devices.append((session.user_id, command.device_id))
+
+    for (provider, token), index in last_for_token.items():
+        session, command = writes[index]
+        if index in final_indexes:
+            keep: tuple[str | None, str | None, int | None]
+            if command.device_id is None:
+                keep = (session.user_id, None, session.id)
+            else:
+                keep = (session.user_id, command.device_id, None)
+        else:
+            keep = (None, None, None)
+        plan.release_tokens.append((provider, token, *keep))
+
+    plan.session_ids = sorted({session.id for session, _ in writes})
+    plan.lock_keys = sorted(
+        {lock_key("user", session.user_id) for session, _ in writes}
+        | {lock_key("token", provider, token) for provider, token in last_for_token}
+    )
+    return plan
+
+
+# Everything talking to Postgres can raise: its own errors, the driver's, the
+# socket's, and our timeouts.
+DATABASE_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        OSError
+        | asyncio.TimeoutError
+        | asyncpg.InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.AdminShutdownError
+        | asyncpg.CrashShutdownError
+        | asyncpg.TooManyConnectionsError,
+    )
+
+
+def translate(exc: BaseException) -> GatewayError:
+    """The domain error for a failure raised while talking to Postgres."""
+    if _is_unavailable(exc):
+        return DatabaseUnavailable(str(exc))
+    return DatabaseError(f"{type(exc).__name__}: {exc}")
+
+
+async def _no_reset(connection: asyncpg.Connection) -> None:
+    """Skips the pool's per-release reset query: the gateway leaves no session state behind."""
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        reset=_no_reset,
+        timeout=CONNECT_TIMEOUT,
+        command_timeout=STATEMENT_TIMEOUT,
+    )
+
+
+async def apply_schema(dsn: str) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        # Concurrent migrations (several workers, or tests) would race on
+        # CREATE ... IF NOT EXISTS; one lock makes them take turns.
+        async with connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock(7224302577)")
+            await connection.execute(SCHEMA_PATH.read_text())
+    finally:
+        await connection.close()
+
+
+class SessionCache:
+    """Sessions this process has seen, by token digest, so a write needs no lookup round trip.
+
+    It only saves a query: the write itself re-checks every session it relies
+    on, so a session ended elsewhere fails at once all the same.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._capacity = capacity
+        self._sessions: dict[bytes, ResolvedSession] = {}
+
+    def get(self, digest: bytes) -> ResolvedSession | None:
+        return self._sessions.get(digest)
+
+    def put(self, digest: bytes, session: ResolvedSession) -> None:
+        if len(self._sessions) >= self._capacity:
+            # dicts keep insertion order: this drops the oldest entry.
+            del self._sessions[next(iter(self._sessions))]
+        self._sessions[digest] = session
+
+    def forget(self, digest: bytes) -> None:
+        self._sessions.pop(digest, None)
+
+    def forget_ids(self, session_ids: set[int]) -> None:
+        for digest in [d for d, s in self._sessions.items() if s.id in session_ids]:
+            del self._sessions[digest]
+
+
+class Store:
+    """The gateway's data, on one asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.sessions = SessionCache()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection whose release cannot turn a committed write into a failure.
+
+        Once a statement has committed the write is durable, so a failure while
+        the connection goes back to the pool is logged and not reported.
+        """
+        connection = await self._pool.acquire(timeout=ACQUIRE_TIMEOUT)
+        try:
+            yield connection
+        finally:
+            try:
+                await self._pool.release(connection)
+            except Exception:
+                log.warning("connection failed on release; the pool replaces it", exc_info=True)
+
+    async def ping(self) -> None:
+        try:
+            async with self._connection() as connection:
+                await connection.fetchval(PING)
+        except DATABASE_FAILURES as exc:
+            raise translate(exc) from exc
+
+    async def create_session(self, user_id: str, ttl_seconds: int) -> str:
+        """A new session's token, for callers with no use for its expiry."""
+        return (await self.open_session(OpenSession(user_id, ttl_seconds))).token
+
+    async def end_session(self, session: SessionRef) -> None:
+        self.sessions.forget(session.token_sha256)
+        try:
+            async with self._connection() as connection:
+                was_live = await connection.fetchval(END_SESSION, session.token_sha256)
+        except DATABASE_FAILURES as exc:
+            raise translate(exc) from exc
+        if not was_live:
+            raise SessionNotFound()
+
+    async def purge_expired_sessions(self) -> int:
+        async with self._connection() as connection:
+            count: int = await connection.fetchval(PURGE_EXPIRED_SESSIONS)
+        return count
+
+    async def list_registrations(self, query: ListRegistrations) -> list[dict[str, Any]]:
+        try:
+            async with self._connection() as connection:
+                rows = await connection.fetch(LIST_REGISTRATIONS, query.session.token_sha256)
+        except DATABASE_FAILURES as exc:
+            raise translate(exc) from exc
+        if not rows:
+            raise SessionNotFound()
+        return [dict(row) for row in rows if row["provider"] is not None]
+
+    async def apply_writes(self, commands: Sequence[WriteCommand]) -> list[GatewayError | None]:
+        """Apply a batch of writes atomically; the outcome of each, in order.
+
+        A failure that one command may have caused is isolated by rerunning the
+        batch's commands one by one, so it fails that command alone.
+        """
+        try:
+            return await self._apply_writes_once(commands)
+        except DATABASE_FAILURES as exc:
+            if _is_unavailable(exc):
+                return [translate(exc)] * len(commands)
+            if len(commands) == 1:
+                log.error("write rejected by the database: %s", type(exc).__name__)
+                return [translate(exc)]
+        outcomes: list[GatewayError | None] = []
+        for command in commands:
+            outcomes.extend(await self.apply_writes([command]))
+        return outcomes
+
+    async def _resolve(
+        self, connection: Connection, commands: Sequence[WriteCommand]
+    ) -> dict[bytes, ResolvedSession]:
+        found: dict[bytes, ResolvedSession] = {}
+        missing: list[bytes] = []
+        for command in commands:
+            digest = command.session.token_sha256
+            session = self.sessions.get(digest)
+            if session is not None:
+                found[digest] = session
+            elif digest not in missing:
+                missing.append(digest)
+        if missing:
+            for row in await connection.fetch(RESOLVE_SESSIONS, missing):
+                session = ResolvedSession(row["id"], row["user_id"])
+                found[bytes(row["token_sha256"])] = session
+                self.sessions.put(bytes(row["token_sha256"]), session)
+        return found
+
+    async def _apply_writes_once(
+        self, commands: Sequence[WriteCommand]
+    ) -> list[GatewayError | None]:
+        outcomes: list[GatewayError | None] = [None] * len(commands)
+        conflicts = 0
+        async with self._connection() as connection:
+            sessions = await self._resolve(connection, commands)
+            while True:
+                writes: list[tuple[ResolvedSession, WriteCommand]] = []
+                for index, command in enumerate(commands):
+                    session = sessions.get(command.session.token_sha256)
+                    if session is None:
+                        outcomes[index] = SessionNotFound()
+                    else:
+                        writes.append((session, command))
+                if not writes:
+                    return outcomes
+                try:
+                    dead = await connection.fetchval(APPLY_WRITES, plan_writes(writes).document())
+                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                    conflicts += 1
+                    if conflicts > RETRIES_ON_CONFLICT:
+                        raise
+                    continue
+                if not dead:
+                    return outcomes
+                # Sessions ended since they were cached: nothing was written;
+                # fail their commands and plan the rest again.
+                self.sessions.forget_ids(set(dead))
+                sessions = {d: s for d, s in sessions.items() if s.id not in set(dead)}
+
+    # -------------------------------------------------- the senders' internal API
+
+    async def open_session(self, command: OpenSession) -> OpenedSession:
+        """Start a session; its token (stored only as a digest) and when it expires."""
+        token = secrets.token_hex(16)
+        digest = SessionRef.from_token(token).token_sha256
+        try:
+            async with self._connection() as connection:
+                expires_at = await connection.fetchval(
+                    OPEN_SESSION, digest, command.user_id, command.ttl_seconds
+                )
+        except DATABASE_FAILURES as exc:
+            raise translate(exc) from exc
+        return OpenedSession(token, expires_at)
+
+    async def find_targets(
+        self, query: FindTargets
+    ) -> AsyncGenerator[list[asyncpg.Record], None]:
+        """The fan-out's targets in batches, read through a server-side cursor.
+
+        However large the audience, only one batch is in memory at a time. The
+        caller must close the generator when it stops early
+        (``contextlib.aclosing``), so that the connection goes back at once.
+        """
+        if not query.users:
+            return
+        try:
+            async with self._connection() as connection, connection.transaction(readonly=True):
+                cursor = await connection.cursor(FIND_TARGETS, list(query.users), query.category)
+                while batch := await cursor.fetch(TARGETS_BATCH):
+                    yield batch
+        except DATABASE_FAILURES as exc:
+            raise translate(exc) from exc
+
+    async def prune_tokens(self, command: PruneTokens) -> int:
+        """Remove the registrations of tokens reported dead; how many there were."""
+        providers = [dead.provider.value for dead in command.tokens]
+        tokens = [dead.token for dead in command.tokens]
+        conflicts = 0
+        while True:
+            try:
+                async with self._connection() as connection:
+                    removed: int = await connection.fetchval(PRUNE_TOKENS, providers, tokens)
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+                # The statement locks its rows in no set order, so it can meet a
+                # write batch head on; Postgres aborts one of the two.
+                conflicts += 1
+                if conflicts > RETRIES_ON_CONFLICT:
+                    raise translate(exc) from exc
+                continue
+            except DATABASE_FAILURES as exc:
+                raise translate(exc) from exc
+            return removed
+
+    # -------------------------------------------------- the operators' metrics
+
+    def pool_usage(self) -> tuple[int, int, int]:
+        """The pool's open, idle and maximum connections; asks the database nothing."""
+        return self._pool.get_size(), self._pool.get_idle_size(), self._pool.get_max_size()
+
+    async def count_registrations_by_provider(self) -> dict[str, int]:
+        try:
+            async with self._connection() as connection:
+                rows = await connection.fetch(COUNT_REGISTRATIONS_BY_PROVIDER)
+        except DATABASE_FAILURES as exc:
+            raise translate(exc) from exc
+        return {row["provider"]: row["registrations"] for row in rows}
+
+
+# ------------------------------------------------------ the senders' internal API
+
+# Rows per round trip of the fan-out cursor: large enough that round trips
+# cost little next to encoding the rows, small enough to keep memory flat.
+TARGETS_BATCH = 1000
+
+OPEN_SESSION = """
+INSERT INTO sessions (token_sha256, user_id, expires_at)
+VALUES ($1, $2, now() + make_interval(secs => $3))
+RETURNING expires_at
+"""
+
+# Probes the registrations index that leads with user_id once per user of the
+# audience (unnest keeps the array one parameter, whatever its size), checks
+# each registration's session is live, and applies the normalised filter ('*',
+# 'a,b' or '-a,b'; category names hold no commas) in the query, so rows the
+# sender will not use never leave the database. Same semantics as
+# validation.category_filter_admits.
+FIND_TARGETS = """
+SELECT r.user_id, r.provider, r.token, r.apns_bundle_id, r.gcm_sender_id, r.ios_version,
+       r.webpush_p256dh, r.webpush_auth, r.device_id
+FROM unnest($1::text[]) AS audience(user_id)
+JOIN registrations AS r ON r.user_id = audience.user_id
+JOIN sessions AS s ON s.id = r.session_id AND s.expires_at > now()
+WHERE r.category_filter = '*'
+   OR (left(r.category_filter, 1) <> '-'
+       AND $2::text = ANY(string_to_array(r.category_filter, ',')))
+   OR (left(r.category_filter, 1) = '-'
+       AND $2::text <> ALL(string_to_array(substr(r.category_filter, 2), ',')))
+"""
+
+# One statement on the (provider, token) unique index; a token listed twice is
+# counted once.
+PRUNE_TOKENS = """
+WITH gone AS (
+    DELETE FROM registrations AS r
+    USING unnest($1::text[], $2::text[]) AS dead(provider, token)
+    WHERE r.provider = dead.provider AND r.token = dead.token
+    RETURNING r.id
+)
+SELECT count(*) FROM gone
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedSession:
+    token: str
+    expires_at: datetime

@@ -1,0 +1,274 @@
+"""The Layer Client API dialect: /push_tokens and /sessions, its headers, and its error bodies."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from aiohttp import web
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
+
+from gateway import validation
+from gateway.commands import (
+    EndSession,
+    ListRegistrations,
+    Provider,
+    RegisterToken,
+    SessionRef,
+    UnregisterToken,
+)
+from gateway.errors import (
+    DatabaseError,
+    DatabaseUnavailable,
+    GatewayError,
+    InvalidParameters,
+    MalformedRequest,
+    MethodNotAllowed,
+    MissingCredentials,
+    NotAcceptable,
+    Overloaded,
+    Problem,
+    RateLimited,
+    RequestTooLarge,
+    SessionNotFound,
+    UnknownEndpoint,
+)
+from gateway.keys import EXECUTOR
+from gateway.parsing import SESSION_KEY, Text, load, one_of, read_body
+
+MEDIA_TYPE = "application/vnd.layer+json"
+API_VERSION = "1.0"
+DOCS_URL = "https://developer.layer.com/docs/client/rest"
+
+# The page's own examples quote the token with single quotes; the SDKs use
+# double quotes.
+_AUTHORIZATION = re.compile(
+    r"""\s*Layer\s+session-token\s*=\s*(?:"([^"]*)"|'([^']*)')\s*""", re.IGNORECASE
+)
+_SESSION_TOKEN = re.compile(r"[0-9a-fA-F]{32}")
+# [0-9], not \d: \d would let other scripts' digits through (as gateway.validation notes).
+_IOS_VERSION = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){0,2}")
+_TYPES = {"apns": Provider.APNS, "gcm": Provider.FCM}
+_TYPE_NAMES = {Provider.APNS: "apns", Provider.FCM: "gcm", Provider.WEBPUSH: "webpush"}
+
+
+def _ios_version(value: str) -> str:
+    if not _IOS_VERSION.fullmatch(value):
+        raise ValueError("must be a version number like 9.0")
+    return value
+
+
+class RegisterSchema(Schema):
+    """The body of POST /push_tokens."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    token = Text(required=True)
+    type = Text(one_of(_TYPES), required=True)
+    device_id = Text(validation.check_identifier, required=True)
+    apns_bundle_id = Text(validation.check_identifier, load_default=None)
+    gcm_sender_id = Text(validation.check_identifier, load_default=None)
+    ios_version = Text(_ios_version, load_default=None)
+    session = fields.Raw(required=True, data_key=SESSION_KEY)
+
+    @post_load
+    def make_command(self, data: dict[str, Any], **_: Any) -> RegisterToken:
+        provider = _TYPES[data["type"]]
+        check = (
+            validation.normalize_apns_token
+            if provider is Provider.APNS
+            else validation.check_fcm_token
+        )
+        try:
+            token = check(data["token"])
+        except ValueError as exc:
+            raise ValidationError({"token": [str(exc)]}) from None
+        if provider is Provider.FCM:
+            for apns_only in ("apns_bundle_id", "ios_version"):
+                if data[apns_only] is not None:
+                    raise ValidationError({apns_only: ["applies to apns tokens only"]})
+        elif data["gcm_sender_id"] is not None:
+            raise ValidationError({"gcm_sender_id": ["applies to gcm tokens only"]})
+        return RegisterToken(
+            session=data["session"],
+            device_id=data["device_id"],
+            provider=provider,
+            token=token,
+            apns_bundle_id=data["apns_bundle_id"],
+            gcm_sender_id=data["gcm_sender_id"],
+            ios_version=data["ios_version"],
+        )
+
+
+REGISTER_SCHEMA = RegisterSchema()
+
+
+def _check_accept(request: web.Request) -> None:
+    for media_range in request.headers.get("Accept", "").split(","):
+        media_type, *parameters = media_range.split(";")
+        if media_type.strip().lower() != MEDIA_TYPE:
+            continue
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "version" and value.strip().strip('"') == API_VERSION:
+                return
+    raise NotAcceptable()
+
+
+def _session(request: web.Request) -> SessionRef:
+    match = _AUTHORIZATION.fullmatch(request.headers.get("Authorization", ""))
+    token = (match.group(1) or match.group(2)) if match else None
+    if token is None or not _SESSION_TOKEN.fullmatch(token):
+        raise MissingCredentials()
+    return SessionRef.from_token(token.lower())
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await read_body(request))
+    except orjson.JSONDecodeError:
+        raise MalformedRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise MalformedRequest("the body must be a JSON object")
+    return body
+
+
+async def register_push_token(request: web.Request) -> web.Response:
+    _check_accept(request)
+    session = _session(request)
+    body = await _json_object(request)
+    body[SESSION_KEY] = session
+    await request.app[EXECUTOR].execute(load(REGISTER_SCHEMA, body))
+    return web.Response(status=202)
+
+
+async def unregister_push_token(request: web.Request) -> web.Response:
+    _check_accept(request)
+    session = _session(request)
+    try:
+        device_id = validation.check_identifier(request.match_info["device_id"])
+    except ValueError as exc:
+        raise InvalidParameters([Problem("device_id", str(exc))]) from None
+    await request.app[EXECUTOR].execute(UnregisterToken(session=session, device_id=device_id))
+    return web.Response(status=202)
+
+
+def _registration(row: dict[str, Any]) -> dict[str, Any]:
+    provider = Provider(row["provider"])
+    entry: dict[str, Any] = {
+        "token": row["token"],
+        "type": _TYPE_NAMES[provider],
+        "device_id": row["device_id"],
+        "category_filter": row["category_filter"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+    if provider is Provider.APNS:
+        entry["apns_bundle_id"] = row["apns_bundle_id"]
+        entry["ios_version"] = row["ios_version"]
+    elif provider is Provider.FCM:
+        entry["gcm_sender_id"] = row["gcm_sender_id"]
+    else:
+        entry["parameters"] = {"p256dh": row["webpush_p256dh"], "auth": row["webpush_auth"]}
+    return entry
+
+
+async def list_push_tokens(request: web.Request) -> web.Response:
+    _check_accept(request)
+    rows = await request.app[EXECUTOR].execute(ListRegistrations(_session(request)))
+    return _json(200, [_registration(row) for row in rows])
+
+
+async def end_session(request: web.Request) -> web.Response:
+    _check_accept(request)
+    token = request.match_info["session_token"]
+    if not _SESSION_TOKEN.fullmatch(token):
+        raise MissingCredentials()
+    await request.app[EXECUTOR].execute(EndSession(SessionRef.from_token(token.lower())))
+    return web.Response(status=204)
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/push_tokens", register_push_token)
+    app.router.add_get("/push_tokens", list_push_tokens, allow_head=False)
+    # [\s\S], not '.': a device id with a newline is a bad property (422), not an unknown path.
+    app.router.add_delete(r"/push_tokens/{device_id:[\s\S]+}", unregister_push_token)
+    app.router.add_delete("/sessions/{session_token}", end_session)
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _error(
+    status: int, code: int, error_id: str, message: str, data: dict[str, Any] | None = None
+) -> web.Response:
+    body = {
+        "id": error_id,
+        "code": code,
+        "message": message,
+        "url": f"{DOCS_URL}#{error_id}",
+        "data": data or {},
+    }
+    headers = _CHALLENGE if status == 401 else _RETRY_SOON if status in {429, 503} else None
+    return _json(status, body, headers)
+
+
+_CHALLENGE = {"WWW-Authenticate": "Layer"}
+# Overload and rate limits clear within a second; an outage is worth retrying
+# as soon as that.
+_RETRY_SOON = {"Retry-After": "1"}
+
+
+def render_error(exc: GatewayError) -> web.Response:
+    """The one place a domain error becomes a Layer error body."""
+    match exc:
+        case InvalidParameters(problems=[first, *_]):
+            if first.missing:
+                return _error(
+                    422, 104, "missing_property", f"{first.parameter} is required",
+                    {"property": first.parameter},
+                )
+            return _error(
+                422, 105, "invalid_property", f"{first.parameter} {first.message}",
+                {"property": first.parameter},
+            )
+        case MalformedRequest():
+            return _error(400, 10, "invalid_request", str(exc) or "The request is malformed")
+        case MissingCredentials():
+            return _error(
+                401, 4, "authentication_required",
+                "A valid Authorization header with a session-token is required",
+            )
+        case SessionNotFound():
+            return _error(
+                401, 4, "authentication_required", "The session is unknown, expired or ended"
+            )
+        case NotAcceptable():
+            return _error(
+                406, 107, "invalid_header",
+                f"Accept must be {MEDIA_TYPE}; version={API_VERSION}", {"header": "Accept"},
+            )
+        case UnknownEndpoint():
+            return _error(404, 106, "invalid_endpoint", "There is no such endpoint")
+        case MethodNotAllowed():
+            return _error(405, 109, "method_not_allowed", "This method is not allowed here")
+        case RequestTooLarge():
+            return _error(413, 10, "invalid_request", str(exc) or "The request body is too large")
+        case RateLimited():
+            return _error(
+                429, 7, "rate_limit_exceeded", "Too many requests for this session; retry later"
+            )
+        case DatabaseUnavailable() | Overloaded():
+            return _error(503, 1, "service_unavailable", "The service is temporarily unavailable")
+        case DatabaseError():
+            return _error(500, 100, "internal_server_error", "A database error occurred")
+        case _:
+            return _error(500, 100, "internal_server_error", "An unexpected error occurred")

@@ -1,0 +1,171 @@
+-- The gateway's whole schema. Applied by `python -m gateway migrate`; every
+-- statement is idempotent so applying it again is harmless.
+
+-- A session is known only by the SHA-256 of its token: a leaked table does not
+-- leak credentials.
+CREATE TABLE IF NOT EXISTS sessions (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    token_sha256 bytea       NOT NULL UNIQUE CHECK (octet_length(token_sha256) = 32),
+    user_id      text        NOT NULL CHECK (user_id <> '' AND length(user_id) <= 255),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    expires_at   timestamptz NOT NULL,
+    -- Lets registrations reference (session, user) together, so a registration
+    -- can never name a user other than its session's.
+    UNIQUE (id, user_id)
+);
+
+CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at);
+
+-- Orders registrations by when they were last registered; a sequence rather
+-- than a timestamp because one transaction registers many at the same now().
+CREATE SEQUENCE IF NOT EXISTS registration_order;
+
+CREATE TABLE IF NOT EXISTS registrations (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id         text        NOT NULL,
+    session_id      bigint      NOT NULL,
+    -- The Layer device key; NULL marks a Navixy binding, which is keyed by its
+    -- session instead.
+    device_id       text        CHECK (device_id <> ''),
+    provider        text        NOT NULL CHECK (provider IN ('apns', 'fcm', 'webpush')),
+    token           text        NOT NULL CHECK (token <> ''),
+    apns_bundle_id  text,
+    gcm_sender_id   text,
+    ios_version     text,
+    webpush_p256dh  text,
+    webpush_auth    text,
+    category_filter text        NOT NULL DEFAULT '*',
+    registered_seq  bigint      NOT NULL DEFAULT nextval('registration_order'),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- A registration dies with the session that made it: a shared device must
+    -- not keep delivering one user's pushes after that user's session ends.
+    FOREIGN KEY (session_id, user_id) REFERENCES sessions (id, user_id) ON DELETE CASCADE,
+    CHECK ((provider = 'webpush') = (webpush_p256dh IS NOT NULL AND webpush_auth IS NOT NULL))
+);
+
+-- One token identifies one app install: it belongs to one registration in the
+-- whole system, whoever registered it last.
+CREATE UNIQUE INDEX IF NOT EXISTS registrations_provider_token
+    ON registrations (provider, token);
+-- The registration's key, one index for both kinds so that one upsert serves
+-- both: a Layer registration is keyed by (user, device), a Navixy binding by
+-- its session. device_id is never '', so '' marks a binding.
+CREATE UNIQUE INDEX IF NOT EXISTS registrations_key ON registrations (
+    user_id, coalesce(device_id, ''), (CASE WHEN device_id IS NULL THEN session_id ELSE 0 END));
+-- Nothing else is indexed: every update of a registration writes a new entry
+-- into every index, and registrations_key's user_id prefix already serves the
+-- cascade from sessions (which looks up (session_id, user_id)), per-user
+-- listing, fan-out and eviction, a user never holding more than 25 rows.
+
+-- Indexes of earlier versions of this schema, superseded by registrations_key.
+DROP INDEX IF EXISTS registrations_session_id;
+DROP INDEX IF EXISTS registrations_user_order;
+DROP INDEX IF EXISTS registrations_user_device;
+DROP INDEX IF EXISTS registrations_session_binding;
+
+-- Applies one planned batch of writes (gateway/store.py plans it: the last
+-- command per key wins) in a single round trip. The plan is one JSON document
+-- (see WritePlan.document), which costs the client far less to encode than a
+-- score of parallel arrays. Returns the sessions of the plan that are no
+-- longer live, and writes nothing when there are any: the caller fails those
+-- commands and plans again without them.
+DROP FUNCTION IF EXISTS apply_registration_writes(
+    bigint[], bigint[], text[], text[], bigint[], text[], text[], text[], text[], bigint[],
+    text[], bigint[], text[], text[], text[], text[], text[], text[], text[], text[], text[],
+    integer);
+
+-- Every statement below reaches a handful of rows by key. json_to_recordset
+-- carries a fixed 100-row estimate, so on a small table the planner would
+-- rather scan all of registrations than look rows up; for this function the
+-- index is always the right way in.
+CREATE OR REPLACE FUNCTION apply_registration_writes(plan json) RETURNS bigint[]
+LANGUAGE plpgsql
+SET enable_seqscan = off
+AS $$
+DECLARE
+    session_ids bigint[] := ARRAY(
+        SELECT s.id::bigint FROM json_array_elements_text(plan -> 'sessions') AS s(id));
+    live bigint[];
+    dead bigint[];
+BEGIN
+    -- FOR KEY SHARE keeps these sessions from being ended until we commit,
+    -- without blocking other batches that reference them.
+    SELECT coalesce(array_agg(id), '{}') INTO live FROM (
+        SELECT s.id FROM unnest(session_ids) AS wanted(id)
+        JOIN sessions AS s ON s.id = wanted.id
+        WHERE s.expires_at > now()
+        ORDER BY s.id
+        FOR KEY SHARE OF s
+    ) AS locked;
+    SELECT coalesce(array_agg(wanted), '{}') INTO dead
+    FROM unnest(session_ids) AS wanted WHERE wanted <> ALL(live);
+    IF cardinality(dead) > 0 THEN
+        RETURN dead;
+    END IF;
+
+    -- Keys arrive sorted, so every batch takes its user and token locks in one
+    -- global order and no two batches can wait on each other in a cycle.
+    PERFORM pg_advisory_xact_lock(k.key::bigint)
+    FROM json_array_elements_text(plan -> 'locks') AS k(key);
+
+    DELETE FROM registrations AS r
+    USING json_to_recordset(plan -> 'delete_devices') AS k(user_id text, device_id text)
+    WHERE r.user_id = k.user_id AND r.device_id = k.device_id;
+
+    DELETE FROM registrations AS r
+    USING json_to_recordset(plan -> 'delete_bindings') AS k(user_id text, session_id bigint)
+    WHERE r.user_id = k.user_id AND coalesce(r.device_id, '') = ''
+      AND (CASE WHEN r.device_id IS NULL THEN r.session_id ELSE 0 END) = k.session_id;
+
+    -- A token registered anew leaves every registration that held it, except
+    -- the one the batch writes it to, which keeps its created_at.
+    DELETE FROM registrations AS r
+    USING json_to_recordset(plan -> 'release') AS t(
+        provider text, token text, keep_user text, keep_device text, keep_session bigint)
+    WHERE r.provider = t.provider AND r.token = t.token
+      AND (r.user_id, r.device_id, CASE WHEN r.device_id IS NULL THEN r.session_id END)
+          IS DISTINCT FROM (t.keep_user, t.keep_device, t.keep_session);
+
+    IF json_array_length(plan -> 'upserts') = 0 THEN
+        RETURN '{}';
+    END IF;
+
+    -- ORDER BY position keeps the order the commands arrived in, so
+    -- registered_seq follows it.
+    INSERT INTO registrations (
+        user_id, session_id, device_id, provider, token, apns_bundle_id, gcm_sender_id,
+        ios_version, webpush_p256dh, webpush_auth, category_filter)
+    SELECT user_id, session_id, device_id, provider, token, apns_bundle_id, gcm_sender_id,
+           ios_version, webpush_p256dh, webpush_auth, category_filter
+    FROM json_to_recordset(plan -> 'upserts') AS u(
+        position integer, user_id text, session_id bigint, device_id text, provider text,
+        token text, apns_bundle_id text, gcm_sender_id text, ios_version text,
+        webpush_p256dh text, webpush_auth text, category_filter text)
+    ORDER BY position
+    ON CONFLICT (
+        user_id, coalesce(device_id, ''), (CASE WHEN device_id IS NULL THEN session_id ELSE 0 END))
+    DO UPDATE SET
+        session_id = excluded.session_id, provider = excluded.provider,
+        token = excluded.token, apns_bundle_id = excluded.apns_bundle_id,
+        gcm_sender_id = excluded.gcm_sender_id, ios_version = excluded.ios_version,
+        webpush_p256dh = excluded.webpush_p256dh, webpush_auth = excluded.webpush_auth,
+        category_filter = excluded.category_filter,
+        registered_seq = nextval('registration_order'), updated_at = now();
+
+    -- Layer's ceiling: a user's 26th registration evicts the least recently
+    -- registered.
+    DELETE FROM registrations WHERE id IN (
+        SELECT old.id
+        FROM (SELECT DISTINCT user_id
+              FROM json_to_recordset(plan -> 'upserts') AS u(user_id text)) AS users
+        CROSS JOIN LATERAL (
+            SELECT id FROM registrations
+            WHERE user_id = users.user_id
+            ORDER BY registered_seq DESC
+            OFFSET (plan ->> 'max_per_user')::integer
+        ) AS old
+    );
+    RETURN '{}';
+END;
+$$;

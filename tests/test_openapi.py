@@ -1,0 +1,200 @@
+"""The OpenAPI document: served, complete, free of internals, and true of the running gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+import pytest
+import requests
+import schemathesis
+from aiohttp import web
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.keys import EXECUTOR
+from gateway.observability import REQUEST_ID_HEADER
+from gateway.openapi import build_document
+from gateway.parsing import SESSION_KEY
+from tests.conftest import LAYER_ACCEPT
+
+ADMIN_TOKEN = "openapi-test-admin-key"
+LIVE_SETTINGS = Settings(admin_token=ADMIN_TOKEN)
+
+# Whether the document and the code agree: no 500s, and every status, header,
+# media type and body the document promises.
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+# Bounded and repeatable: the same cases on every run.
+SCHEMATHESIS_CONFIG = schemathesis.Config.from_dict(
+    {
+        "generation": {"max-examples": 25, "deterministic": True},
+        "phases": {"stateful": {"enabled": False}},
+    }
+)
+
+
+async def test_the_document_is_served_as_openapi_3_1_json(client):
+    response = await client.get("/openapi.json")
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    assert response.headers[REQUEST_ID_HEADER]
+    document = await response.json()
+    assert document["openapi"] == "3.1.0"
+    schemathesis.openapi.from_dict(document).validate()
+
+
+def _strings(node: Any) -> Iterator[str]:
+    """Every key and string value in a JSON document."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _strings(item)
+    elif isinstance(node, str):
+        yield node
+
+
+async def test_the_document_never_shows_the_session_slot_the_surfaces_fill_in(client):
+    document = await (await client.get("/openapi.json")).json()
+    assert not [text for text in _strings(document) if "\x00" in text]
+    assert not [text for text in _strings(document) if SESSION_KEY.strip("\x00") == text]
+
+
+def _documented(document: dict[str, Any]) -> set[tuple[str, str]]:
+    return {
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        for method in operations
+    }
+
+
+async def test_every_route_of_the_app_is_documented(client):
+    document = await (await client.get("/openapi.json")).json()
+    routes = {
+        (route.method, route.resource.canonical)
+        for route in client.app.router.routes()
+        if route.resource is not None
+        # Catch-alls only answer errors; the Navixy aliases (no /v2, a trailing
+        # slash) are named in each action's description.
+        and route.method != "*"
+        and not route.resource.canonical.startswith("/user/")
+        and not route.resource.canonical.endswith("/")
+    }
+    assert routes == _documented(document)
+
+
+# --- the gateway as its document describes it --------------------------------------------
+
+
+@dataclass
+class LiveGateway:
+    """The gateway serving on 127.0.0.1 from a thread of its own, for a synchronous client."""
+
+    base_url: str
+    app: web.Application
+    loop: asyncio.AbstractEventLoop
+
+    def new_session(self) -> str:
+        store = self.app[EXECUTOR].store
+        future = asyncio.run_coroutine_threadsafe(store.create_session("alice", 3600), self.loop)
+        return future.result(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live_gateway(database_url: str) -> Iterator[LiveGateway]:
+    app = create_app(replace(LIVE_SETTINGS, database_url=database_url))
+    runner = web.AppRunner(app)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(started.set)
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, name="live-gateway", daemon=True)
+    thread.start()
+    started.wait(timeout=10)
+
+    async def start() -> str:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    base_url = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=30)
+    try:
+        yield LiveGateway(base_url, app, loop)
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def _sign_in(case: Any, gateway: LiveGateway) -> None:
+    """Give the case a live session (and the Layer media type), so it gets past the door.
+
+    A fresh session each time: logout and DELETE /sessions end the one they are given.
+    """
+    path = case.operation.path
+    headers = dict(case.headers or {})
+    if path.startswith("/internal/"):
+        headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+        if case.path_parameters and "token" in case.path_parameters:
+            case.path_parameters["token"] = gateway.new_session()
+    elif path.startswith(("/push_tokens", "/sessions/")):
+        token = gateway.new_session()
+        headers["Accept"] = LAYER_ACCEPT
+        headers["Authorization"] = f'Layer session-token="{token}"'
+        if case.path_parameters and "session_token" in case.path_parameters:
+            case.path_parameters["session_token"] = token
+    elif path.startswith("/v2/"):
+        token = gateway.new_session()
+        if isinstance(case.body, dict):
+            case.body["hash"] = token
+        elif case.query is not None and "hash" in case.query:
+            case.query["hash"] = token
+        else:
+            headers["Authorization"] = f"NVX {token}"
+    case.headers = headers
+
+
+# What the live gateway below serves at /openapi.json, as the test below checks.
+# Loaded at import, as schemathesis needs its operations when pytest collects
+# (its lazy fixture loader does not work with pytest 9).
+DOCUMENT = build_document(LIVE_SETTINGS.categories, LIVE_SETTINGS.session_ttl)
+schema = schemathesis.openapi.from_dict(DOCUMENT, config=SCHEMATHESIS_CONFIG)
+
+
+def test_the_live_gateway_serves_the_document_under_test(live_gateway):
+    served = requests.get(f"{live_gateway.base_url}/openapi.json", timeout=10)
+    assert served.status_code == 200
+    assert orjson.loads(served.content) == orjson.loads(orjson.dumps(DOCUMENT))
+
+
+@schema.parametrize()
+def test_the_gateway_answers_as_its_document_says(case, live_gateway):
+    _sign_in(case, live_gateway)
+    case.call_and_validate(base_url=live_gateway.base_url, checks=CHECKS)
