@@ -137,7 +137,21 @@ def _serve(settings: Settings) -> int:
             worker.join()
     finally:
         buckets.close(unlink=True)
+        del lock
+        _stop_resource_tracker()
     return max((worker.exitcode or 0) for worker in workers)
+
+
+def _stop_resource_tracker() -> None:
+    # The shared buckets and the lock start multiprocessing's resource tracker,
+    # a process that would otherwise exit only after it sees this one gone: a
+    # supervisor that waits for the parent would find it still running. Its
+    # stop is private API, hence the getattr; without it, it exits a moment later.
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if callable(stop):
+        stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
