@@ -75,7 +75,7 @@ DROP FUNCTION IF EXISTS apply_registration_writes(
     text[], bigint[], text[], text[], text[], text[], text[], text[], text[], text[], text[],
     integer);
 
--- Every statement below reaches a handful of rows by key. json_to_recordset
+-- Every statement below reaches a handful of rows by key. jsonb_to_recordset
 -- carries a fixed 100-row estimate, so on a small table the planner would
 -- rather scan all of registrations than look rows up; for this function the
 -- index is always the right way in.
@@ -84,61 +84,73 @@ LANGUAGE plpgsql
 SET enable_seqscan = off
 AS $$
 DECLARE
+    -- Parsed once: every -> on a json value lexes the whole document again,
+    -- which made a batch cost grow with the square of its size.
+    doc jsonb := plan::jsonb;
     session_ids bigint[] := ARRAY(
-        SELECT s.id::bigint FROM json_array_elements_text(plan -> 'sessions') AS s(id));
+        SELECT s.id::bigint FROM jsonb_array_elements_text(doc -> 'sessions') AS s(id));
+    max_per_user integer := (doc ->> 'max_per_user')::integer;
     live bigint[];
     dead bigint[];
+    grown text[];
 BEGIN
     -- FOR KEY SHARE keeps these sessions from being ended until we commit,
     -- without blocking other batches that reference them.
-    SELECT coalesce(array_agg(id), '{}') INTO live FROM (
-        SELECT s.id FROM unnest(session_ids) AS wanted(id)
-        JOIN sessions AS s ON s.id = wanted.id
-        WHERE s.expires_at > now()
+    -- Expiry is tested on the locked rows, not in the scan, so that the
+    -- planner looks the sessions up by id instead of reading every live one
+    -- through sessions_expires_at.
+    SELECT coalesce(array_agg(id) FILTER (WHERE expires_at > now()), '{}') INTO live FROM (
+        SELECT s.id, s.expires_at FROM sessions AS s
+        WHERE s.id = ANY(session_ids)
         ORDER BY s.id
         FOR KEY SHARE OF s
     ) AS locked;
-    SELECT coalesce(array_agg(wanted), '{}') INTO dead
-    FROM unnest(session_ids) AS wanted WHERE wanted <> ALL(live);
-    IF cardinality(dead) > 0 THEN
+    IF cardinality(live) < cardinality(session_ids) THEN
+        SELECT array_agg(wanted) INTO dead
+        FROM unnest(session_ids) AS wanted WHERE wanted <> ALL(live);
         RETURN dead;
     END IF;
 
     -- Keys arrive sorted, so every batch takes its user and token locks in one
     -- global order and no two batches can wait on each other in a cycle.
     PERFORM pg_advisory_xact_lock(k.key::bigint)
-    FROM json_array_elements_text(plan -> 'locks') AS k(key);
+    FROM jsonb_array_elements_text(doc -> 'locks') AS k(key);
 
-    DELETE FROM registrations AS r
-    USING json_to_recordset(plan -> 'delete_devices') AS k(user_id text, device_id text)
-    WHERE r.user_id = k.user_id AND r.device_id = k.device_id;
+    IF jsonb_array_length(doc -> 'delete_devices') > 0 THEN
+        DELETE FROM registrations AS r
+        USING jsonb_to_recordset(doc -> 'delete_devices') AS k(user_id text, device_id text)
+        WHERE r.user_id = k.user_id AND r.device_id = k.device_id;
+    END IF;
 
-    DELETE FROM registrations AS r
-    USING json_to_recordset(plan -> 'delete_bindings') AS k(user_id text, session_id bigint)
-    WHERE r.user_id = k.user_id AND coalesce(r.device_id, '') = ''
-      AND (CASE WHEN r.device_id IS NULL THEN r.session_id ELSE 0 END) = k.session_id;
+    IF jsonb_array_length(doc -> 'delete_bindings') > 0 THEN
+        DELETE FROM registrations AS r
+        USING jsonb_to_recordset(doc -> 'delete_bindings') AS k(user_id text, session_id bigint)
+        WHERE r.user_id = k.user_id AND coalesce(r.device_id, '') = ''
+          AND (CASE WHEN r.device_id IS NULL THEN r.session_id ELSE 0 END) = k.session_id;
+    END IF;
 
     -- A token registered anew leaves every registration that held it, except
     -- the one the batch writes it to, which keeps its created_at.
     DELETE FROM registrations AS r
-    USING json_to_recordset(plan -> 'release') AS t(
+    USING jsonb_to_recordset(doc -> 'release') AS t(
         provider text, token text, keep_user text, keep_device text, keep_session bigint)
     WHERE r.provider = t.provider AND r.token = t.token
       AND (r.user_id, r.device_id, CASE WHEN r.device_id IS NULL THEN r.session_id END)
           IS DISTINCT FROM (t.keep_user, t.keep_device, t.keep_session);
 
-    IF json_array_length(plan -> 'upserts') = 0 THEN
+    IF jsonb_array_length(doc -> 'upserts') = 0 THEN
         RETURN '{}';
     END IF;
 
     -- ORDER BY position keeps the order the commands arrived in, so
     -- registered_seq follows it.
+    WITH written AS (
     INSERT INTO registrations (
         user_id, session_id, device_id, provider, token, apns_bundle_id, gcm_sender_id,
         ios_version, webpush_p256dh, webpush_auth, category_filter)
     SELECT user_id, session_id, device_id, provider, token, apns_bundle_id, gcm_sender_id,
            ios_version, webpush_p256dh, webpush_auth, category_filter
-    FROM json_to_recordset(plan -> 'upserts') AS u(
+    FROM jsonb_to_recordset(doc -> 'upserts') AS u(
         position integer, user_id text, session_id bigint, device_id text, provider text,
         token text, apns_bundle_id text, gcm_sender_id text, ios_version text,
         webpush_p256dh text, webpush_auth text, category_filter text)
@@ -151,19 +163,27 @@ BEGIN
         gcm_sender_id = excluded.gcm_sender_id, ios_version = excluded.ios_version,
         webpush_p256dh = excluded.webpush_p256dh, webpush_auth = excluded.webpush_auth,
         category_filter = excluded.category_filter,
-        registered_seq = nextval('registration_order'), updated_at = now();
+        registered_seq = nextval('registration_order'), updated_at = now()
+    -- xmax is 0 on a row the statement inserted, and set on one it updated.
+    RETURNING user_id, xmax = 0 AS inserted
+    )
+    SELECT coalesce(array_agg(DISTINCT user_id) FILTER (WHERE inserted), '{}')
+    INTO grown FROM written;
 
     -- Layer's ceiling: a user's 26th registration evicts the least recently
-    -- registered.
+    -- registered. Only a user who gained a row can have gone past it: an
+    -- update or a delete never adds one.
+    IF cardinality(grown) = 0 THEN
+        RETURN '{}';
+    END IF;
     DELETE FROM registrations WHERE id IN (
         SELECT old.id
-        FROM (SELECT DISTINCT user_id
-              FROM json_to_recordset(plan -> 'upserts') AS u(user_id text)) AS users
+        FROM unnest(grown) AS users(user_id)
         CROSS JOIN LATERAL (
             SELECT id FROM registrations
             WHERE user_id = users.user_id
             ORDER BY registered_seq DESC
-            OFFSET (plan ->> 'max_per_user')::integer
+            OFFSET max_per_user
         ) AS old
     );
     RETURN '{}';
