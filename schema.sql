@@ -44,6 +44,14 @@ CREATE TABLE IF NOT EXISTS registrations (
     CHECK ((provider = 'webpush') = (webpush_p256dh IS NOT NULL AND webpush_auth IS NOT NULL))
 );
 
+-- Every re-registration is a non-HOT update (the token is indexed), so the
+-- table gathers dead row versions fast, and every key lookup visits each of
+-- them until vacuum clears them. Vacuum it after a fixed number of dead rows,
+-- not a fifth of the table, and without throttling.
+ALTER TABLE registrations SET (
+    autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_cost_delay = 0);
+
 -- One token identifies one app install: it belongs to one registration in the
 -- whole system, whoever registered it last.
 CREATE UNIQUE INDEX IF NOT EXISTS registrations_provider_token
