@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import unicodedata
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -61,8 +60,13 @@ def _quote(item: str) -> str:
     return repr(item)
 
 
+# Unicode's Cc category is exactly these 65 code points (C0, DEL and C1); one
+# regex search is ~10 times cheaper than asking unicodedata character by character.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _has_control(value: str) -> bool:
-    return any(unicodedata.category(ch) == "Cc" for ch in value)
+    return _CONTROL_RE.search(value) is not None
 
 
 def _is_utf8_encodable(value: str) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import sys
+import unicodedata
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -80,6 +82,21 @@ def test_identifier_honours_custom_max_length() -> None:
 def test_identifier_with_control_character_is_rejected(bad: str) -> None:
     with pytest.raises(ValueError, match="control characters"):
         check_identifier(bad)
+
+
+def test_identifier_refuses_exactly_the_unicode_control_category() -> None:
+    # The check is a character class; this holds it to Unicode's own Cc list.
+    for code in range(sys.maxunicode + 1):
+        if 0xD800 <= code <= 0xDFFF:
+            continue  # lone surrogates fail earlier, with their own message
+        char = chr(code)
+        is_control = unicodedata.category(char) == "Cc"
+        try:
+            check_identifier(f"a{char}b")
+        except ValueError as exc:
+            assert is_control and "control characters" in str(exc), hex(code)
+        else:
+            assert not is_control, hex(code)
 
 
 @pytest.mark.parametrize("bad", ["a\udc80b", "\ud800", "x\udfff"])
