@@ -7,13 +7,15 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web, web_urldispatcher
+from aiohttp.web_protocol import RequestHandler
 
 from gateway import observability, openapi
 from gateway.config import Settings
 from gateway.errors import (
     GatewayError,
     InternalError,
+    MalformedRequest,
     MethodNotAllowed,
     RequestTooLarge,
     UnknownEndpoint,
@@ -65,6 +67,55 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error in %s %s", request.method, observability.route_of(request))
         return render_error(request, InternalError())
+
+
+# aiohttp answers two kinds of request itself, before any middleware, in
+# text/plain: one its HTTP parser cannot read (an over-long line, a bad chunk
+# size, a TLS handshake on the plain port) and one whose Expect header is not
+# 100-continue. It offers no hook for either, so the gateway replaces the two
+# functions that write those answers; tests/test_hostile.py pins every case.
+_aiohttp_expect_handler = web_urldispatcher._default_expect_handler
+
+
+def _refuse_unreadable_request(
+    self: RequestHandler,
+    request: web.BaseRequest,
+    status: int = 500,
+    exc: BaseException | None = None,
+    message: str | None = None,
+) -> web.StreamResponse:
+    """RequestHandler.handle_error, answering in a dialect instead of text/plain."""
+    if request.writer.output_size > 0:
+        # As aiohttp's own: once an answer has begun, the connection is lost.
+        raise ConnectionError("a response was already under way")
+    error: GatewayError
+    if status >= 500:
+        log.error("unhandled error outside the application", exc_info=exc)
+        error = InternalError()
+    else:
+        # The bytes themselves are not logged: they may hold a session token.
+        log.info("refused a request that is not valid HTTP/1.1: %s", type(exc).__name__)
+        error = MalformedRequest("the request is not valid HTTP/1.1")
+    # The parser could not read the request line, so the path is "/" and the
+    # answer is Layer's, the dialect of the root.
+    response = render_error(request, error)  # type: ignore[arg-type]
+    response.force_close()
+    return response
+
+
+async def _expect_only_continue(request: web.Request) -> web.StreamResponse | None:
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version >= (1, 1) and expect.lower() != "100-continue":
+        return render_error(request, MalformedRequest("Expect can only be 100-continue"))
+    await _aiohttp_expect_handler(request)
+    return None
+
+
+def _answer_protocol_errors_in_dialect() -> None:
+    RequestHandler.handle_error = _refuse_unreadable_request  # type: ignore[method-assign]
+    # aiohttp types its default as returning None; a route's expect handler may
+    # return a response, which is then the answer.
+    web_urldispatcher._default_expect_handler = _expect_only_continue  # type: ignore[assignment]
 
 
 async def _purge_expired_sessions(store: Store) -> None:
@@ -122,6 +173,7 @@ async def health_ready(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings, limiter: RateLimiter | None = None) -> web.Application:
     """The gateway's app; ``limiter`` is shared by worker processes, else one is made."""
+    _answer_protocol_errors_in_dialect()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         # Outermost first: the request id and the metrics see every error response too.
