@@ -834,7 +834,8 @@ def tally(exchanges: Iterable[Exchange]) -> dict[str, int]:
 class Figures:
     """Numbers the tests measured, printed in pytest's terminal summary for the README."""
 
-    def __init__(self) -> None:
+    def __init__(self, title: str = "fault-tolerance figures") -> None:
+        self.title = title
         self.lines: list[str] = []
 
     def add(self, test: str, **values: object) -> None:
@@ -844,6 +845,6 @@ class Figures:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.lines:
-            terminalreporter.section("fault-tolerance figures")
+            terminalreporter.section(self.title)
             for line in self.lines:
                 terminalreporter.write_line(line)

@@ -36,6 +36,7 @@ import re
 import secrets
 import socket
 import threading
+from collections import Counter
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -52,6 +53,7 @@ from hypothesis import strategies as st
 from gateway.app import create_app
 from gateway.commands import SessionRef
 from gateway.config import Settings
+from tests.faults_support import Figures
 
 T = TypeVar("T")
 
@@ -238,6 +240,8 @@ class LiveGateway:
         self.port = 0
         self._world: World | None = None
         self._pristine: Snapshot | None = None
+        # Answers by status class ("2xx", ...), for the README's figures.
+        self.answers: Counter[str] = Counter()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
@@ -343,19 +347,32 @@ class LiveGateway:
             response = http.client.HTTPResponse(sock, method=request.method)
             try:
                 response.begin()
+                self.answers[f"{response.status // 100}xx"] += 1
                 return Answer(response.status, response.headers, response.read())
             finally:
                 response.close()
 
 
+FIGURES = Figures("hostile-input figures")
+
+
 @pytest.fixture(scope="module")
-def gateway(database_url: str) -> Iterator[LiveGateway]:
+def gateway(request: pytest.FixtureRequest, database_url: str) -> Iterator[LiveGateway]:
     live = LiveGateway(database_url)
     live.start()
     try:
         yield live
     finally:
         live.stop()
+        manager = request.config.pluginmanager
+        if not manager.has_plugin("hostile-figures"):
+            manager.register(FIGURES, "hostile-figures")
+        FIGURES.add(
+            "hostile requests through LiveGateway.send",
+            requests_sent=sum(live.answers.values()),
+            answers=dict(sorted(live.answers.items())),
+            five_xx_seen=live.answers["5xx"],
+        )
 
 
 # --- the dialects' answers ------------------------------------------------------------
