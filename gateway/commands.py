@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 
 
 class Provider(enum.StrEnum):
@@ -90,10 +91,15 @@ class FindTargets:
 
 @dataclass(frozen=True, slots=True)
 class DeadToken:
-    """A token its push service reported as gone for good."""
+    """A token its push service reported as gone for good.
+
+    ``observed_at``, when the sender knows it, is when the service said so: a
+    registration of the token made after that is a new install's, and stays.
+    """
 
     provider: Provider
     token: str
+    observed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -471,11 +471,14 @@ class Store:
         """Remove the registrations of tokens reported dead; how many there were."""
         providers = [dead.provider.value for dead in command.tokens]
         tokens = [dead.token for dead in command.tokens]
+        observed = [dead.observed_at for dead in command.tokens]
         conflicts = 0
         while True:
             try:
                 async with self._connection() as connection:
-                    removed: int = await connection.fetchval(PRUNE_TOKENS, providers, tokens)
+                    removed: int = await connection.fetchval(
+                        PRUNE_TOKENS, providers, tokens, observed
+                    )
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
                 # The statement locks its rows in no set order, so it can meet a
                 # write batch head on; Postgres aborts one of the two.
@@ -538,8 +541,10 @@ WHERE r.category_filter = '*'
 PRUNE_TOKENS = """
 WITH gone AS (
     DELETE FROM registrations AS r
-    USING unnest($1::text[], $2::text[]) AS dead(provider, token)
+    USING unnest($1::text[], $2::text[], $3::timestamptz[]) AS dead(provider, token, observed_at)
     WHERE r.provider = dead.provider AND r.token = dead.token
+      -- Registered again after the push service saw it dead: a new install.
+      AND (dead.observed_at IS NULL OR r.updated_at <= dead.observed_at)
     RETURNING r.id
 )
 SELECT count(*) FROM gone

@@ -556,6 +556,41 @@ async def test_feedback_removes_a_token_only_under_its_own_provider(api, db):
     assert await db.fetchval("SELECT provider FROM registrations") == "apns"
 
 
+async def test_feedback_spares_a_token_registered_again_after_it_was_observed_dead(api, db):
+    # APNs reports when a token became invalid; the app may since have been
+    # reinstalled and have registered the same token anew.
+    alice = await open_session(api, "alice")
+    token = apns_token(8)
+    await layer_register(api, alice, "alice-ipad", token)
+    registered = await db.fetchval("SELECT updated_at FROM registrations")
+    entry = {"provider": "apns", "token": token, "reason": "Unregistered"}
+
+    before = (registered - timedelta(seconds=1)).isoformat()
+    response = await api.post(
+        FEEDBACK, json={"feedback": [{**entry, "observed_at": before}]}, headers=admin()
+    )
+    assert await response.json() == {"removed": 0}
+    assert await db.fetchval("SELECT count(*) FROM registrations") == 1
+
+    after = (registered + timedelta(seconds=1)).astimezone(UTC).isoformat()
+    response = await api.post(
+        FEEDBACK, json={"feedback": [{**entry, "observed_at": after}]}, headers=admin()
+    )
+    assert await response.json() == {"removed": 1}
+    assert await db.fetchval("SELECT count(*) FROM registrations") == 0
+
+
+@pytest.mark.parametrize("observed_at", ["2026-11-24T10:00:00", "yesterday", 1732442400])
+async def test_feedback_observed_at_must_be_a_date_time_with_an_offset(api, observed_at):
+    entry = {
+        "provider": "apns", "token": apns_token(8), "reason": "Unregistered",
+        "observed_at": observed_at,
+    }
+    response = await api.post(FEEDBACK, json={"feedback": [entry]}, headers=admin())
+    error = await internal_error(response, 400, "invalid_parameters")
+    assert bad_parameters(error) == ["feedback.0.observed_at"]
+
+
 async def test_empty_feedback_removes_nothing(api):
     response = await api.post(FEEDBACK, json={"feedback": []}, headers=admin())
     assert await response.json() == {"removed": 0}

@@ -178,9 +178,18 @@ class DeadTokenSchema(Schema):
     provider = Text(one_of(DEAD_TOKEN_REASONS), required=True)
     token = Text(required=True)
     reason = Text(required=True)
+    # RFC 3339 with an offset: a push service's answer is a moment, not a
+    # wall-clock reading in an unknown zone.
+    observed_at = fields.AwareDateTime(
+        load_default=None,
+        error_messages={
+            "invalid": "must be an RFC 3339 date-time",
+            "invalid_awareness": "must carry a UTC offset",
+        },
+    )
 
     @post_load
-    def make_token(self, data: dict[str, str], **_: Any) -> DeadToken:
+    def make_token(self, data: dict[str, Any], **_: Any) -> DeadToken:
         provider = Provider(data["provider"])
         reasons = DEAD_TOKEN_REASONS[provider]
         if data["reason"] not in reasons:
@@ -192,7 +201,7 @@ class DeadTokenSchema(Schema):
             token = _TOKEN_CHECKS[provider](data["token"])
         except ValueError as exc:
             raise ValidationError({"token": [str(exc)]}) from None
-        return DeadToken(provider=provider, token=token)
+        return DeadToken(provider=provider, token=token, observed_at=data["observed_at"])
 
 
 class FeedbackSchema(Schema):
