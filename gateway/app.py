@@ -96,8 +96,8 @@ def _refuse_unreadable_request(
         # The bytes themselves are not logged: they may hold a session token.
         log.info("refused a request that is not valid HTTP/1.1: %s", type(exc).__name__)
         error = MalformedRequest("the request is not valid HTTP/1.1")
-    # The parser could not read the request line, so the path is "/" and the
-    # answer is Layer's, the dialect of the root.
+    # A request the parser refused stands in with the path "/", so its answer
+    # is Layer's, the dialect of the root.
     response = render_error(request, error)  # type: ignore[arg-type]
     response.force_close()
     return response
