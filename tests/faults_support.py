@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 
 from gateway.commands import SessionRef
 from tests.conftest import ROOT, layer_headers
@@ -837,6 +838,11 @@ class Figures:
     def __init__(self, title: str = "fault-tolerance figures") -> None:
         self.title = title
         self.lines: list[str] = []
+
+    def attach(self, config: pytest.Config, name: str) -> None:
+        """Have pytest print these figures in its summary (once, whichever test asks first)."""
+        if not config.pluginmanager.has_plugin(name):
+            config.pluginmanager.register(self, name)
 
     def add(self, test: str, **values: object) -> None:
         text = "; ".join(f"{name.replace('_', ' ')}: {value}" for name, value in values.items())

@@ -66,9 +66,7 @@ SHUTDOWN_TIMEOUT = 30
 
 @pytest.fixture(scope="module")
 def figures(request: pytest.FixtureRequest) -> Figures:
-    manager = request.config.pluginmanager
-    if not manager.has_plugin("fault-figures"):
-        manager.register(FIGURES, "fault-figures")
+    FIGURES.attach(request.config, "fault-figures")
     return FIGURES
 
 

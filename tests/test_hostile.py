@@ -37,7 +37,7 @@ import secrets
 import socket
 import threading
 from collections import Counter
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
@@ -364,9 +364,7 @@ def gateway(request: pytest.FixtureRequest, database_url: str) -> Iterator[LiveG
         yield live
     finally:
         live.stop()
-        manager = request.config.pluginmanager
-        if not manager.has_plugin("hostile-figures"):
-            manager.register(FIGURES, "hostile-figures")
+        FIGURES.attach(request.config, "hostile-figures")
         FIGURES.add(
             "hostile requests through LiveGateway.send",
             requests_sent=sum(live.answers.values()),
@@ -730,20 +728,23 @@ def urlencoded(pairs: tuple[tuple[str, Any], ...], world: World | None) -> bytes
     )
 
 
-def multipart(pairs: tuple[tuple[str, Any], ...], world: World) -> bytes:
+def multipart_body(parts: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """A multipart/form-data body of (name, value) parts, the name written as given."""
     out = b""
-    for name, value in pairs:
-        # Control characters in a part's headers have a test of their own (below).
-        safe_name = "".join(c for c in name if c >= " " and c not in '"\x7f').encode()
+    for name, value in parts:
         out += (
             b"--" + BOUNDARY.encode() + b"\r\n"
-            b'Content-Disposition: form-data; name="'
-            + safe_name
-            + b'"\r\n\r\n'
-            + _part_value(value, world)
-            + b"\r\n"
+            b'Content-Disposition: form-data; name="' + name + b'"\r\n\r\n' + value + b"\r\n"
         )
     return out + b"--" + BOUNDARY.encode() + b"--\r\n"
+
+
+def multipart(pairs: tuple[tuple[str, Any], ...], world: World) -> bytes:
+    # Control characters in a part's headers have a test of their own (below).
+    def safe(name: str) -> bytes:
+        return "".join(c for c in name if c >= " " and c not in '"\x7f').encode()
+
+    return multipart_body((safe(name), _part_value(value, world)) for name, value in pairs)
 
 
 def text_values(pairs: tuple[tuple[str, Any], ...], name: str, world: World) -> frozenset[str]:
@@ -2283,13 +2284,6 @@ def test_requests_the_http_parser_refuses_get_a_json_error(gateway, raw):
         layer_error(answer)
 
 
-def _multipart_with_name(name: bytes) -> bytes:
-    return (
-        b"--" + BOUNDARY.encode() + b'\r\nContent-Disposition: form-data; name="' + name
-        + b'"\r\n\r\nv\r\n--' + BOUNDARY.encode() + b"--\r\n"
-    )
-
-
 @pytest.mark.parametrize(
     "name", [b"a\x01b", b"k" * 50_000], ids=["control-character", "line-over-8190"]
 )
@@ -2298,7 +2292,7 @@ def test_multipart_part_header_the_reader_refuses_is_a_navixy_format_error(gatew
         "POST",
         f"/v2/{BIND}".encode(),
         ((b"Content-Type", MEDIA_TYPES["multipart"]),),
-        _multipart_with_name(name),
+        multipart_body([(name, b"v")]),
     )
     before = gateway.pristine()
     answer = gateway.send(request)
