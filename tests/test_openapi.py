@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import orjson
 import pytest
 import requests
 import schemathesis
-from aiohttp import web
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -28,6 +25,7 @@ from gateway.observability import REQUEST_ID_HEADER
 from gateway.openapi import build_document
 from gateway.parsing import SESSION_KEY
 from tests.conftest import LAYER_ACCEPT
+from tests.live import LiveServer
 
 ADMIN_TOKEN = "openapi-test-admin-key"
 LIVE_SETTINGS = Settings(admin_token=ADMIN_TOKEN)
@@ -106,51 +104,18 @@ async def test_every_route_of_the_app_is_documented(client):
 # --- the gateway as its document describes it --------------------------------------------
 
 
-@dataclass
-class LiveGateway:
+class LiveGateway(LiveServer):
     """The gateway serving on 127.0.0.1 from a thread of its own, for a synchronous client."""
 
-    base_url: str
-    app: web.Application
-    loop: asyncio.AbstractEventLoop
-
     def new_session(self) -> str:
-        store = self.app[EXECUTOR].store
-        future = asyncio.run_coroutine_threadsafe(store.create_session("alice", 3600), self.loop)
-        return future.result(timeout=10)
+        token: str = self.run(self.app[EXECUTOR].store.create_session("alice", 3600), timeout=10)
+        return token
 
 
 @pytest.fixture(scope="module")
 def live_gateway(database_url: str) -> Iterator[LiveGateway]:
-    app = create_app(replace(LIVE_SETTINGS, database_url=database_url))
-    runner = web.AppRunner(app)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.call_soon(started.set)
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, name="live-gateway", daemon=True)
-    thread.start()
-    started.wait(timeout=10)
-
-    async def start() -> str:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
-
-    base_url = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=30)
-    try:
-        yield LiveGateway(base_url, app, loop)
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
+    with LiveGateway(create_app(replace(LIVE_SETTINGS, database_url=database_url))) as live:
+        yield live
 
 
 def _sign_in(case: Any, gateway: LiveGateway) -> None:

@@ -11,16 +11,12 @@ from tests.hostile.harness import FIGURES, LiveGateway
 
 @pytest.fixture(scope="package")
 def gateway(request: pytest.FixtureRequest, database_url: str) -> Iterator[LiveGateway]:
-    live = LiveGateway(database_url)
-    live.start()
-    try:
+    with LiveGateway(database_url) as live:
         yield live
-    finally:
-        live.stop()
-        FIGURES.attach(request.config, "hostile-figures")
-        FIGURES.add(
-            "hostile requests through LiveGateway.send",
-            requests_sent=sum(live.answers.values()),
-            answers=dict(sorted(live.answers.items())),
-            five_xx_seen=live.answers["5xx"],
-        )
+    FIGURES.attach(request.config, "hostile-figures")
+    FIGURES.add(
+        "hostile requests through LiveGateway.send",
+        requests_sent=sum(live.answers.values()),
+        answers=dict(sorted(live.answers.items())),
+        five_xx_seen=live.answers["5xx"],
+    )

@@ -8,29 +8,24 @@ that invalid UTF-8, NUL bytes, odd methods and broken framing reach the server u
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gzip
 import http.client
 import secrets
 import socket
-import threading
 from collections import Counter
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import unquote
 
 import asyncpg
 import pytest
-from aiohttp import web
 
 from gateway.app import create_app
 from gateway.commands import SessionRef
 from gateway.config import Settings
 from tests.faults_support import Figures
-
-T = TypeVar("T")
+from tests.live import LiveServer
 
 # aiohttp warns (BadContentDispositionHeader) on a multipart field name it cannot parse,
 # then drops the name, which the gateway answers with code 5. The gateway runs in this
@@ -140,46 +135,27 @@ class Intent:
     device_ids: frozenset[str] = frozenset()
 
 
-class LiveGateway:
+class LiveGateway(LiveServer):
     """The app on a real socket, its loop on a thread of its own, and a connection to its DB."""
 
     def __init__(self, database_url: str) -> None:
+        # No rate limit: the fuzzers send hundreds of requests on one session.
+        app = create_app(Settings(database_url=database_url, rate_limit=0))
+        super().__init__(app, name="hostile-gw", access_log=None)
         self.database_url = database_url
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="hostile-gw", daemon=True)
-        self.port = 0
         self._world: World | None = None
         self._pristine: Snapshot | None = None
         # Answers by status class ("2xx", ...), for the README's figures.
         self.answers: Counter[str] = Counter()
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
-
-    def start(self) -> None:
-        self.thread.start()
-        self.run(self._start())
-
-    async def _start(self) -> None:
-        # No rate limit: the fuzzers send hundreds of requests on one session.
-        app = create_app(Settings(database_url=self.database_url, rate_limit=0))
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
+    async def setup(self) -> None:
+        await super().setup()
         self.connection: asyncpg.Connection = await asyncpg.connect(self.database_url)
 
-    def stop(self) -> None:
-        self.run(self._stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
-        self.loop.close()
-
-    async def _stop(self) -> None:
+    async def cleanup(self) -> None:
         await self.connection.execute("DELETE FROM sessions")
         await self.connection.close()
-        await self.runner.cleanup()
+        await super().cleanup()
 
     # the database
 
