@@ -44,6 +44,7 @@ import aiohttp
 import asyncpg
 import orjson
 import seed
+from tools import free_port, percentile
 
 from gateway.store import apply_schema
 
@@ -107,12 +108,6 @@ async def seeded_users(dsn: str) -> int:
 
 
 # ------------------------------------------------------------------ the gateway
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 class Gateway:
@@ -205,22 +200,15 @@ class Audience:
         return {
             "users": self.size,
             "runs": len(self.seconds),
-            "p50_ms": round(percentile(self.seconds, 50) * 1000, 2),
-            "p99_ms": round(percentile(self.seconds, 99) * 1000, 2),
+            "p50_ms": round(percentile(self.seconds, 0.5) * 1000, 2),
+            "p99_ms": round(percentile(self.seconds, 0.99) * 1000, 2),
             "max_ms": round(max(self.seconds) * 1000, 2),
-            "first_byte_p50_ms": round(percentile(self.first_byte_seconds, 50) * 1000, 2),
+            "first_byte_p50_ms": round(percentile(self.first_byte_seconds, 0.5) * 1000, 2),
             "targets_mean": round(statistics.fmean(self.targets)),
             "mb_mean": round(statistics.fmean(self.bytes) / 1e6, 2),
             "rss_before_mb": round(self.rss_before / 2**20, 1),
             "rss_peak_mb": round(self.rss_peak / 2**20, 1),
         }
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest rank: with few runs, p99 is the slowest run."""
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * pct // 100))
-    return ordered[int(rank) - 1]
 
 
 async def fan_out(

@@ -34,7 +34,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from typing import Any
 
 import report
 import verify
+from tools import free_port
 from verify import Session, Verification, Verifier, log
 from workload import KEY_KIND, SCENARIOS, Layout, Model
 
@@ -165,12 +165,6 @@ def raise_fd_limit(connections: int) -> int:
     if want < connections + 256:
         log(f"warning: RLIMIT_NOFILE {want} is tight for {connections} connections")
     return want
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def command(template: str, **values: str | int) -> list[str]:
@@ -349,7 +343,7 @@ class Sampler:
 # ------------------------------------------------------------------------ wrk
 
 
-def percentile(hist: dict[str, int], q: float) -> float:
+def histogram_percentile(hist: dict[str, int], q: float) -> float:
     """The q-th percentile (µs) of a histogram keyed by floor(100 * ln(latency µs))."""
     buckets = sorted((int(b), n) for b, n in hist.items())
     total = sum(n for _, n in buckets)
@@ -414,7 +408,10 @@ class WrkRun:
         w = self.window
         hist = w["hist"]
         done = max(1, int(w["completed"]))
-        out = {f"p{q:g}".replace(".", "_"): percentile(hist, q) / 1000 for q in (50, 90, 99, 99.9)}
+        out = {
+            f"p{q:g}".replace(".", "_"): histogram_percentile(hist, q) / 1000
+            for q in (50, 90, 99, 99.9)
+        }
         out["mean"] = int(w["latency_sum_us"]) / done / 1000
         out["max"] = int(w["latency_max_us"]) / 1000
         return {k: round(v, 3) for k, v in out.items()}

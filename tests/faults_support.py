@@ -13,7 +13,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import aiohttp
 import asyncpg
 import pytest
 
+from bench.tools import free_port as free_port  # re-exported: the stress tests import it here
+from bench.tools import percentile
 from gateway.commands import SessionRef
 from tests.conftest import ROOT, layer_headers
 
@@ -56,20 +57,6 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {within:.0f} s waiting for {what}")
         await asyncio.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def describe_durations(values: Sequence[float]) -> str:
