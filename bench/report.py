@@ -1,9 +1,22 @@
-"""Renders bench results: the stdout table and results.png."""
+"""Reports a bench run: results.json's contents, the stdout table and results.png."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from servers import ROOT, psutil
+from verify import Verification
+from workload import Layout
+from wrk import WrkRun, cells, measure_threads, merge_statuses, ramp_seconds
 
 
 def table(results: dict[str, Any]) -> str:
@@ -95,3 +108,130 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
 
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+def machine_info(
+    wrk: str, pg_version: str | None, pg_server: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    import aiohttp
+
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
+    git = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model,
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "loadavg_at_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "wrk": (wrk_version.stdout or wrk_version.stderr).splitlines()[0:1],
+        "postgres": pg_version,
+        "postgres_server": pg_server,
+        "git_commit": git.stdout.strip() or None,
+    }
+
+
+def _median_cell(runs: list[WrkRun]) -> dict[str, Any]:
+    def med(values: list[float]) -> float:
+        return float(statistics.median(values))
+
+    cpu = [r.cpu_cores * 1e6 / r.rps for r in runs if r.cpu_cores is not None and r.rps]
+    cores = [r.cpu_cores for r in runs if r.cpu_cores is not None]
+    return {
+        "rounds": len(runs),
+        "rps": round(med([r.rps for r in runs]), 1),
+        "p50_ms": round(med([r.latency_ms()["p50"] for r in runs]), 2),
+        "p99_ms": round(med([r.latency_ms()["p99"] for r in runs]), 2),
+        "max_ms": round(max(r.latency_ms()["max"] for r in runs), 2),
+        "socket_errors": sum(r.socket_errors for r in runs),
+        "non_2xx": sum(r.non_2xx for r in runs),
+        "ramp_complete": all(r.ramp_complete for r in runs),
+        "rss_min_mb": min(r.rss_min_mb for r in runs),
+        "rss_max_mb": max(r.rss_max_mb for r in runs),
+        "cpu_cores": round(med(cores), 2) if cores else None,
+        "cpu_us_per_request": round(med(cpu), 1) if cpu else None,
+    }
+
+
+def build_results(
+    args: argparse.Namespace,
+    layout: Layout,
+    wrk_runs: Sequence[WrkRun],
+    verifications: Sequence[Verification],
+    verified: bool,
+    started: datetime,
+    machine: dict[str, Any],
+    gateway_rss_after: float,
+) -> dict[str, Any]:
+    summary = []
+    for scenario, conns in cells(args):
+        cell: dict[str, Any] = {"scenario": scenario, "connections": conns}
+        for name in ("bare", "gateway"):
+            runs = [
+                r
+                for r in wrk_runs
+                if r.server == name
+                and r.phase == "measure"
+                and r.scenario == scenario
+                and r.connections == conns
+            ]
+            cell[name] = _median_cell(runs)
+        bare, gw = cell["bare"], cell["gateway"]
+        cell["ratio_rps"] = round(gw["rps"] / bare["rps"], 3) if bare["rps"] else None
+        cell["ratio_p99"] = round(gw["p99_ms"] / bare["p99_ms"], 2) if bare["p99_ms"] else None
+        summary.append(cell)
+
+    failures = []
+    for r in wrk_runs:
+        if r.server == "gateway" and (r.socket_errors or r.non_2xx):
+            statuses = merge_statuses(r.summary["threads"])
+            failures.append(
+                f"gateway {r.phase} {r.scenario} c{r.connections}: socket errors "
+                f"{r.summary['errors']}, non-2xx {r.non_2xx} {statuses}"
+            )
+    for v in verifications:
+        if not v.passed:
+            failures.append(f"verification {v.label}: {'; '.join(v.problems[:3])}")
+    return {
+        "timestamp": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine,
+        "config": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "connections": args.connection_counts,
+            "scenarios": args.scenario_list,
+            "rounds": args.rounds,
+            "users": layout.users,
+            "sessions": layout.sessions,
+            "devices_per_user": layout.devices,
+            "ramp_s": {
+                c: ramp_seconds(args, c, measure_threads(args, c)) for c in args.connection_counts
+            },
+            "measure_threads": {c: measure_threads(args, c) for c in args.connection_counts},
+            "wrk": "verify runs: -tC -cC (one connection per thread); measured runs: "
+            f"-t{args.threads or 'C'} -cC; --latency --timeout {args.timeout}s",
+            "gateway_cmd": args.gateway_cmd,
+            "seed": args.seed,
+        },
+        "summary": summary,
+        "gateway_rss_after_mb": gateway_rss_after,
+        "verification": {
+            "enabled": verified,
+            "passed": verified and all(v.passed for v in verifications),
+            "checks": [v.as_dict() for v in verifications],
+        },
+        "runs": [r.row() for r in wrk_runs],
+        "passed": not failures,
+        "failures": failures,
+    }
