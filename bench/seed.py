@@ -152,47 +152,9 @@ def _device(user: str, session_id: int, position: int, number: int) -> Row:
 def _binding(user: str, session_id: int, number: int, rng: random.Random) -> Row:
     category_filter = rng.choice(NAVIXY_FILTERS)
     provider = rng.choice(BINDING_PROVIDERS)
-    if provider == "webpush":
-        return (
-            user,
-            session_id,
-            None,
-            "webpush",
-            webpush_endpoint(number),
-            None,
-            None,
-            None,
-            P256DH,
-            AUTH,
-            category_filter,
-        )
-    if provider == "apns":
-        return (
-            user,
-            session_id,
-            None,
-            "apns",
-            apns_token(number),
-            None,
-            None,
-            None,
-            None,
-            None,
-            category_filter,
-        )
-    return (
-        user,
-        session_id,
-        None,
-        "fcm",
-        fcm_token(number),
-        None,
-        None,
-        None,
-        None,
-        None,
-        category_filter,
-    )
+    token = {"webpush": webpush_endpoint, "apns": apns_token, "fcm": fcm_token}[provider](number)
+    keys = (P256DH, AUTH) if provider == "webpush" else (None, None)
+    return (user, session_id, None, provider, token, None, None, None, *keys, category_filter)
 
 
 REGISTRATION_COLUMNS = [
