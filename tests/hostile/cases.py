@@ -48,6 +48,21 @@ class Case:
     expect: tuple[Any, ...]
 
 
+def _built(spec: NavixySpec | LayerSpec, body: bytes | None, chunked: bool) -> Any:
+    """A case's build: the spec resolved against the world, its body replaced (when one is
+    given), sent chunked if asked."""
+
+    def build(world: World) -> tuple[Request, Intent]:
+        request, intent = spec.build(world)
+        if body is not None:
+            request = dataclasses.replace(request, body=body)
+        if chunked:
+            request = dataclasses.replace(request, chunked=True)
+        return request, intent
+
+    return build
+
+
 def navixy_request(
     action: str,
     form: str,
@@ -61,28 +76,20 @@ def navixy_request(
     auth: Any = None,
     chunked: bool = False,
 ) -> Any:
-    def build(world: World) -> tuple[Request, Intent]:
-        spec = NavixySpec(
-            action=action,
-            prefix=prefix,
-            slash=slash,
-            form=form,
-            method="GET" if form == "query" else "POST",
-            params=params,
-            query=(),
-            content_type=content_type,
-            auth=auth,
-            mutation="none",
-            headers=headers,
-        )
-        request, intent = spec.build(world)
-        if body is not None:
-            request = dataclasses.replace(request, body=body)
-        if chunked:
-            request = dataclasses.replace(request, chunked=True)
-        return request, intent
-
-    return build
+    spec = NavixySpec(
+        action=action,
+        prefix=prefix,
+        slash=slash,
+        form=form,
+        method="GET" if form == "query" else "POST",
+        params=params,
+        query=(),
+        content_type=content_type,
+        auth=auth,
+        mutation="none",
+        headers=headers,
+    )
+    return _built(spec, body, chunked)
 
 
 def _raw(
@@ -111,22 +118,28 @@ def layer_request(
     body: bytes | None = None,
     chunked: bool = False,
 ) -> Any:
+    default = {
+        "register": "POST",
+        "unregister": "DELETE",
+        "list": "GET",
+        "end_session": "DELETE",
+    }
+    spec = LayerSpec(route, method or default[route], device, fields, accept, auth, None, "none")
+    return _built(spec, body, chunked)
+
+
+def _authorized(
+    method: str,
+    target: bytes,
+    value: bytes,
+    intent: Intent,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> Any:
+    """A request whose Authorization header is ``value``, alice's hash in place of {h}."""
+
     def build(world: World) -> tuple[Request, Intent]:
-        default = {
-            "register": "POST",
-            "unregister": "DELETE",
-            "list": "GET",
-            "end_session": "DELETE",
-        }
-        spec = LayerSpec(
-            route, method or default[route], device, fields, accept, auth, None, "none"
-        )
-        request, intent = spec.build(world)
-        if body is not None:
-            request = dataclasses.replace(request, body=body)
-        if chunked:
-            request = dataclasses.replace(request, chunked=True)
-        return request, intent
+        authorization = (b"Authorization", value.replace(b"{h}", world.hashes["alice"].encode()))
+        return Request(method, target, (*headers, authorization)), intent
 
     return build
 
@@ -139,6 +152,16 @@ def android(**overrides: Any) -> tuple[tuple[str, Any], ...]:
     values = dict(ANDROID)
     values.update(overrides)
     return tuple(values.items())
+
+
+def _webpush(parameters: Any) -> tuple[tuple[str, Any], ...]:
+    """Alice's bind of a Web Push endpoint, with ``parameters`` as given."""
+    return (
+        ("hash", ALICE),
+        ("application", "w3c_pushapi"),
+        ("token", "https://push.example/x"),
+        ("parameters", parameters),
+    )
 
 
 def layer_apns(**overrides: Any) -> tuple[tuple[str, Any], ...]:
@@ -295,12 +318,7 @@ for name, number in HUGE_NUMBERS.items():
             navixy_request(
                 BIND,
                 form,
-                (
-                    ("hash", ALICE),
-                    ("application", "w3c_pushapi"),
-                    ("token", "https://push.example/x"),
-                    ("parameters", '{"p256dh":' + number.decode() + ',"auth":"x"}'),
-                ),
+                _webpush('{"p256dh":' + number.decode() + ',"auth":"x"}'),
             ),
             ("navixy", 7),
         )
@@ -324,12 +342,7 @@ CASES["navixy-form-parameters-deep"] = Case(
     navixy_request(
         BIND,
         "form",
-        (
-            ("hash", ALICE),
-            ("application", "w3c_pushapi"),
-            ("token", "https://push.example/x"),
-            ("parameters", DEEP.decode()),
-        ),
+        _webpush(DEEP.decode()),
     ),
     ("navixy", 7),
 )
@@ -337,12 +350,7 @@ CASES["navixy-multipart-parameters-deep"] = Case(
     navixy_request(
         BIND,
         "multipart",
-        (
-            ("hash", ALICE),
-            ("application", "w3c_pushapi"),
-            ("token", "https://push.example/x"),
-            ("parameters", DEEP.decode()),
-        ),
+        _webpush(DEEP.decode()),
     ),
     ("navixy", 7),
 )
@@ -486,12 +494,7 @@ for sql in SQL[:3]:
             navixy_request(
                 BIND,
                 form,
-                (
-                    ("hash", ALICE),
-                    ("application", "w3c_pushapi"),
-                    ("token", "https://push.example/x"),
-                    ("parameters", sql),
-                ),
+                _webpush(sql),
             ),
             ("navixy", 7),
         )
@@ -499,12 +502,7 @@ for sql in SQL[:3]:
             navixy_request(
                 BIND,
                 form,
-                (
-                    ("hash", ALICE),
-                    ("application", "w3c_pushapi"),
-                    ("token", "https://push.example/x"),
-                    ("parameters", {"p256dh": sql, "auth": AUTH[0]}),
-                ),
+                _webpush({"p256dh": sql, "auth": AUTH[0]}),
             ),
             ("navixy", 7),
         )
@@ -633,15 +631,7 @@ for i, value in enumerate(
     ]
 ):
     CASES[f"navixy-authorization-{i}"] = Case(
-        lambda world, v=value: (
-            Request(
-                "GET",
-                f"/v2/{LOGOUT}".encode(),
-                ((b"Authorization", v.replace(b"{h}", world.hashes["alice"].encode())),),
-            ),
-            Intent("logout"),
-        ),
-        ("navixy", 3),
+        _authorized("GET", f"/v2/{LOGOUT}".encode(), value, Intent("logout")), ("navixy", 3)
     )
 CASES["navixy-authorization-valid-header-wins-nothing-over-bad-body-hash"] = Case(
     navixy_request(LOGOUT, "json", (("hash", "nothex"),), auth=("NVX {h}", ALICE)), ("navixy", 3)
@@ -664,17 +654,7 @@ for i, value in enumerate(
     ]
 ):
     CASES[f"layer-authorization-{i}"] = Case(
-        lambda world, v=value: (
-            Request(
-                "GET",
-                b"/push_tokens",
-                (
-                    (b"Accept", LAYER_ACCEPT),
-                    (b"Authorization", v.replace(b"{h}", world.hashes["alice"].encode())),
-                ),
-            ),
-            Intent("list"),
-        ),
+        _authorized("GET", b"/push_tokens", value, Intent("list"), ((b"Accept", LAYER_ACCEPT),)),
         ("layer", 401, "authentication_required"),
     )
 CASES["layer-authorization-unknown-session"] = Case(
