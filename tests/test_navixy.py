@@ -311,22 +311,23 @@ async def _bound_user(db) -> str:
     return user
 
 
-async def test_navixy_hash_in_the_body_wins_over_the_query_string(client, new_session, db):
+async def _bind_with_hashes_in_body_and_query(client, new_session, body: str):
+    """A bind by body-user's hash in the body (``json`` or ``data``), query-user's in the query."""
     body_hash = await new_session("body-user")
     query_hash = await new_session("query-user")
-    response = await client.post(
-        f"/v2/{BIND}", params={"hash": query_hash}, json=android(body_hash)
+    return await client.post(
+        f"/v2/{BIND}", params={"hash": query_hash}, **{body: android(body_hash)}
     )
+
+
+async def test_navixy_hash_in_the_body_wins_over_the_query_string(client, new_session, db):
+    response = await _bind_with_hashes_in_body_and_query(client, new_session, "json")
     await navixy_ok(response)
     assert await _bound_user(db) == "body-user"
 
 
 async def test_navixy_hash_in_the_form_body_wins_over_the_query_string(client, new_session, db):
-    body_hash = await new_session("body-user")
-    query_hash = await new_session("query-user")
-    response = await client.post(
-        f"/v2/{BIND}", params={"hash": query_hash}, data=android(body_hash)
-    )
+    response = await _bind_with_hashes_in_body_and_query(client, new_session, "data")
     await navixy_ok(response)
     assert await _bound_user(db) == "body-user"
 
