@@ -14,7 +14,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +176,20 @@ def is_navixy_14(answer: Answer) -> bool:
     )
 
 
+async def _judge(
+    dsn: str, groups: Sequence[Group], logs: Mapping[int, list[Exchange]]
+) -> tuple[Verdict, dict[str, list[Any]], int]:
+    """The model's verdict on the database, the invariants it breaks, its registrations."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        verdict = await check_against_model(connection, groups, logs)
+        broken = await invariant_violations(connection)
+        stored: int = await connection.fetchval("SELECT count(*) FROM registrations")
+    finally:
+        await connection.close()
+    return verdict, broken, stored
+
+
 # ------------------------------------------------------------ 1. database outage
 
 
@@ -328,12 +342,7 @@ async def test_no_acknowledged_write_is_lost_when_the_database_crashes_under_loa
         duration = time.monotonic() - started
         errors = gateway.error_lines()
 
-    connection = await asyncpg.connect(dsn)
-    try:
-        verdict = await check_against_model(connection, groups, workload.logs)
-        broken = await invariant_violations(connection)
-    finally:
-        await connection.close()
+    verdict, broken, _ = await _judge(dsn, groups, workload.logs)
 
     exchanges = workload.exchanges
     during = [
@@ -492,12 +501,7 @@ async def test_sigterm_under_load_exits_0_with_every_acknowledged_write_stored(
     postgres: PrivatePostgres, tmp_path, figures: Figures
 ):
     run = await _load_until_signal(postgres, tmp_path, signal.SIGTERM)
-    connection = await asyncpg.connect(postgres.dsn)
-    try:
-        verdict = await check_against_model(connection, run.groups, run.workload.logs)
-        broken = await invariant_violations(connection)
-    finally:
-        await connection.close()
+    verdict, broken, _ = await _judge(postgres.dsn, run.groups, run.workload.logs)
     exchanges = run.workload.exchanges
     # A request written as the gateway closes its idle kept-alive connections
     # is never read, so gets no answer: a client's to retry. One the gateway
@@ -529,13 +533,7 @@ async def test_sigkill_under_load_leaves_no_half_applied_command(
     postgres: PrivatePostgres, tmp_path, figures: Figures
 ):
     run = await _load_until_signal(postgres, tmp_path, signal.SIGKILL)
-    connection = await asyncpg.connect(postgres.dsn)
-    try:
-        verdict = await check_against_model(connection, run.groups, run.workload.logs)
-        broken = await invariant_violations(connection)
-        stored = await connection.fetchval("SELECT count(*) FROM registrations")
-    finally:
-        await connection.close()
+    verdict, broken, stored = await _judge(postgres.dsn, run.groups, run.workload.logs)
     exchanges = run.workload.exchanges
     figures.add(
         f"SIGKILL under load (2 workers, {CLIENTS} clients)",
