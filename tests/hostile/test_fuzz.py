@@ -7,7 +7,13 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from tests.hostile.harness import BIND, LAYER_ACCEPT, UNPARSEABLE_FIELD_NAMES_ARE_NOT_ERRORS, Intent
+from tests.hostile.harness import (
+    BIND,
+    LAYER_ACCEPT,
+    UNPARSEABLE_FIELD_NAMES_ARE_NOT_ERRORS,
+    Intent,
+    LiveGateway,
+)
 from tests.hostile.oracle import exchange, outcome
 from tests.hostile.specs import HashRef, LayerSpec, NavixySpec
 from tests.hostile.strategies import (
@@ -23,14 +29,19 @@ from tests.hostile.strategies import (
 pytestmark = UNPARSEABLE_FIELD_NAMES_ARE_NOT_ERRORS
 
 
+def _exchanged(gateway: LiveGateway, spec: NavixySpec | LayerSpec) -> tuple[str, str]:
+    """The spec built against the world and sent: (what it meant to do, how it was answered)."""
+    world = gateway.world()
+    request, intent = spec.build(world)
+    return intent.action, outcome(exchange(gateway, world, request, intent))
+
+
 @settings(FUZZ, max_examples=800)
 @given(spec=navixy_specs())
 def test_navixy_answers_hostile_requests_in_dialect_and_changes_only_what_valid_commands_say(
     gateway, spec
 ):
-    world = gateway.world()
-    request, intent = spec.build(world)
-    event(f"{intent.action}: {outcome(exchange(gateway, world, request, intent))}")
+    event("{}: {}".format(*_exchanged(gateway, spec)))
 
 
 @settings(FUZZ, max_examples=600)
@@ -38,9 +49,7 @@ def test_navixy_answers_hostile_requests_in_dialect_and_changes_only_what_valid_
 def test_layer_answers_hostile_requests_in_dialect_and_changes_only_what_valid_commands_say(
     gateway, spec
 ):
-    world = gateway.world()
-    request, intent = spec.build(world)
-    event(f"{intent.action}: {outcome(exchange(gateway, world, request, intent))}")
+    event("{}: {}".format(*_exchanged(gateway, spec)))
 
 
 @settings(FUZZ, max_examples=300)
@@ -68,9 +77,7 @@ def test_navixy_bind_with_one_parameter_spoilt(gateway, base, form, name, value)
     spec = NavixySpec(
         BIND, "/v2", "", form, "GET" if form == "query" else "POST", params, (), None, None, "none"
     )
-    world = gateway.world()
-    request, intent = spec.build(world)
-    event(outcome(exchange(gateway, world, request, intent)))
+    event(_exchanged(gateway, spec)[1])
 
 
 @pytest.mark.parametrize("name", LAYER_SPOILABLE)
@@ -88,6 +95,4 @@ def test_layer_register_with_one_field_spoilt(gateway, fields, name, value):
         None,
         "none",
     )
-    world = gateway.world()
-    request, intent = spec.build(world)
-    event(outcome(exchange(gateway, world, request, intent)))
+    event(_exchanged(gateway, spec)[1])
