@@ -33,9 +33,12 @@ test: $(INSTALLED) ## run the test suite on a throwaway database
 stress: $(INSTALLED) ## only the fault-tolerance tests with real processes; prints the figures
 	$(PY) -m pytest -m stress tests/test_faults.py
 
+# bench's scripts import each other as top-level modules (they run with bench/ on the
+# path), so mypy checks them in a run of their own.
 lint: $(INSTALLED) ## ruff and mypy
 	$(VENV)/bin/ruff check gateway tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy bench
 
 bench: $(INSTALLED) ## load-test the gateway against bare aiohttp with wrk (bench/README.md)
 	$(PY) bench/run.py $(BENCH_ARGS)
