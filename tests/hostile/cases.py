@@ -38,8 +38,8 @@ from tests.hostile.strategies import AUTH
 # --- hand-written adversarial cases ---------------------------------------------------
 #
 # Each is a request built from the world, and what must come back: ("navixy", code),
-# ("layer", status, id), or ("ok",) for a success. The properties above are asserted
-# on every one as well.
+# ("layer", status, id), or ("ok",) for a success. The properties (oracle.py) are
+# asserted on every one as well.
 
 
 @dataclass(frozen=True)
@@ -554,7 +554,7 @@ for form in ("json", "form", "multipart"):
     CASES[f"navixy-{form}-long-category"] = Case(
         navixy_request(BIND, form, android(category_filter=LONG)), ("navixy", 7)
     )
-    if form != "multipart":  # a part's header line over 8190 bytes: tested on its own, below
+    if form != "multipart":  # a part header line over 8190 bytes: in test_pinned.py
         CASES[f"navixy-{form}-long-key-ignored"] = Case(
             navixy_request(BIND, form, (*ANDROID, ("k" * 50_000, "v"))), ("ok",)
         )

@@ -29,7 +29,7 @@ def is_navixy_path(path: str) -> bool:
     return path.startswith(("/v2/", "/user/")) or path == "/v2"
 
 
-# Outside this file's two dialects: the senders' API (its own error format) and the
+# Outside the two dialects: the senders' API (its own error format) and the
 # operational routes, whose GET answers are not errors of either dialect.
 INTERNAL_PREFIX = "/internal"
 OPERATIONAL = {"/health/live", "/health/ready", "/metrics", "/openapi.json"}

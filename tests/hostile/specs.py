@@ -164,7 +164,7 @@ def multipart_body(parts: Iterable[tuple[bytes, bytes]]) -> bytes:
 
 
 def multipart(pairs: tuple[tuple[str, Any], ...], world: World) -> bytes:
-    # Control characters in a part's headers have a test of their own (below).
+    # Control characters in a part's headers have a test of their own (test_pinned.py).
     def safe(name: str) -> bytes:
         return "".join(c for c in name if c >= " " and c not in '"\x7f').encode()
 
@@ -248,7 +248,7 @@ class NavixySpec:
             media = MEDIA_TYPES[self.form] if self.content_type is None else self.content_type
             headers.append((b"Content-Type", media))
         # A request line over aiohttp's 8190 bytes is refused before routing, so in Layer's
-        # dialect whatever the path (tested below): parameters that would not fit are left out.
+        # dialect whatever the path (test_pinned.py): parameters that would not fit are left out.
         kept: list[tuple[str, Any]] = []
         for pair in query:
             if len(urlencoded((*kept, pair), world)) < 7_000:

@@ -184,7 +184,7 @@ def authorization(templates: list[str]) -> st.SearchStrategy[Any]:
 
 
 # Content types the gateway is expected to refuse (or read) without trouble. Unknown
-# charsets have a test of their own (below), so only real codecs appear here.
+# charsets have a test of their own (test_pinned.py), so only real codecs appear here.
 ODD_CONTENT_TYPES = [
     b"text/plain",
     b"application/xml",
