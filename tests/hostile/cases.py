@@ -315,11 +315,7 @@ for name, number in HUGE_NUMBERS.items():
     )
     for form in ("query", "form"):
         CASES[f"navixy-{form}-parameters-{name}"] = Case(
-            navixy_request(
-                BIND,
-                form,
-                _webpush('{"p256dh":' + number.decode() + ',"auth":"x"}'),
-            ),
+            navixy_request(BIND, form, _webpush('{"p256dh":' + number.decode() + ',"auth":"x"}')),
             ("navixy", 7),
         )
 CASES["navixy-json-int-beyond-64-bits-as-token"] = Case(
@@ -338,22 +334,10 @@ CASES["navixy-json-token-deep"] = Case(
     _with_body(navixy_request(BIND, "json", ANDROID[:2]), _navixy_body(ANDROID[:2], DEEP)),
     ("navixy", 5),
 )
-CASES["navixy-form-parameters-deep"] = Case(
-    navixy_request(
-        BIND,
-        "form",
-        _webpush(DEEP.decode()),
-    ),
-    ("navixy", 7),
-)
-CASES["navixy-multipart-parameters-deep"] = Case(
-    navixy_request(
-        BIND,
-        "multipart",
-        _webpush(DEEP.decode()),
-    ),
-    ("navixy", 7),
-)
+for form in ("form", "multipart"):
+    CASES[f"navixy-{form}-parameters-deep"] = Case(
+        navixy_request(BIND, form, _webpush(DEEP.decode())), ("navixy", 7)
+    )
 CASES["layer-json-body-deep"] = Case(
     layer_request("register", body=DEEP), ("layer", 400, "invalid_request")
 )
@@ -491,19 +475,11 @@ for sql in SQL[:3]:
             navixy_request(BIND, form, android(category_filter=sql)), ("navixy", 7)
         )
         CASES[f"navixy-{form}-sql{tag}-parameters"] = Case(
-            navixy_request(
-                BIND,
-                form,
-                _webpush(sql),
-            ),
+            navixy_request(BIND, form, _webpush(sql)),
             ("navixy", 7),
         )
         CASES[f"navixy-{form}-sql{tag}-p256dh"] = Case(
-            navixy_request(
-                BIND,
-                form,
-                _webpush({"p256dh": sql, "auth": AUTH[0]}),
-            ),
+            navixy_request(BIND, form, _webpush({"p256dh": sql, "auth": AUTH[0]})),
             ("navixy", 7),
         )
         CASES[f"navixy-{form}-sql{tag}-as-key"] = Case(
