@@ -730,6 +730,9 @@ def build_document(categories: frozenset[str], session_ttl: int) -> dict[str, An
         version=_version(),
         openapi_version=OPENAPI_VERSION,
         plugins=[plugin],
+        # Relative: a client resolves it against the document's own URL, so
+        # the /docs page's "Try it out" calls the gateway that served both.
+        servers=[{"url": "/"}],
         info={
             "description": (
                 "Registers and unregisters push tokens over the Layer Client API and the "
