@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin
 
 import pytest
@@ -54,6 +55,25 @@ async def test_the_document_names_the_gateway_it_was_served_from_as_its_server(c
     assert [urljoin(document_url, server["url"]) for server in document["servers"]] == [
         str(client.make_url("/"))
     ]
+
+
+def _descriptions(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "description" and isinstance(value, str):
+                yield value
+            else:
+                yield from _descriptions(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _descriptions(item)
+
+
+async def test_no_description_hides_a_placeholder_as_an_html_tag(client):
+    document = await (await client.get("/openapi.json")).json()
+    # Descriptions are CommonMark, so the page would drop a bare <hash> as a tag.
+    outside_code = [re.sub(r"`[^`]*`", "", text) for text in _descriptions(document)]
+    assert [text for text in outside_code if re.search(r"<[A-Za-z/!?]", text)] == []
 
 
 # --- in the browser -----------------------------------------------------------------------
@@ -137,6 +157,7 @@ async def test_try_it_out_on_navixy_bind_answers_success_and_stores_the_binding(
     page = docs_page.page
     bind = page.locator("#operations-Navixy-navixy_bind_post")
     await bind.locator(".opblock-summary").click()
+    await expect(bind.locator(".opblock-description")).to_contain_text("NVX <hash>")
     await bind.get_by_role("button", name="Try it out").click()
     # The document's own example, with a live session in place of its hash.
     body = bind.locator("textarea.body-param__text")
