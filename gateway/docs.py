@@ -11,8 +11,8 @@ PAGE_PATH = "/docs"
 ASSETS_PATH = "/docs/assets"
 
 # Every URL the page loads is on the gateway's own origin, so it works with no
-# internet. validatorUrl: null stops Swagger UI sending the document to
-# validator.swagger.io for its badge; "Try it out" calls the servers entry of
+# internet. validatorUrl: null stops Swagger UI asking validator.swagger.io
+# about the document for its badge; "Try it out" calls the servers entry of
 # the document, which is the origin the page was loaded from.
 PAGE = f"""<!DOCTYPE html>
 <html lang="en">
