@@ -25,6 +25,7 @@ migrate: $(INSTALLED) ## apply schema.sql to the database
 	$(PY) -m gateway migrate
 
 test: $(INSTALLED) ## run the test suite on a throwaway database
+	@bash .ci/install-chromium || echo "no Chromium: the /docs browser test will skip"
 	$(PY) -m pytest
 
 # Also part of `make test` (25 s on a quiet machine, up to a minute under

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import hdrs, web, web_urldispatcher
 from aiohttp.web_protocol import RequestHandler
 
-from gateway import observability, openapi
+from gateway import docs, observability, openapi
 from gateway.config import Settings
 from gateway.errors import (
     GatewayError,
@@ -190,4 +190,5 @@ def create_app(settings: Settings, limiter: RateLimiter | None = None) -> web.Ap
     # After database_ctx: it watches the writer database_ctx makes.
     observability.setup(app)
     openapi.setup_routes(app)
+    docs.setup_routes(app)
     return app

@@ -482,7 +482,7 @@ def _navixy_paths(spec: APISpec, plugin: MarshmallowPlugin, categories: frozense
             "summary": summary,
             "description": (
                 f"Also served at /{action} and with a trailing slash. The hash is read from "
-                "the body, then the query string, then 'Authorization: NVX <hash>'. Every "
+                "the body, then the query string, then `Authorization: NVX <hash>`. Every "
                 "answer is application/json, errors too."
             ),
             "security": security,
@@ -730,6 +730,9 @@ def build_document(categories: frozenset[str], session_ttl: int) -> dict[str, An
         version=_version(),
         openapi_version=OPENAPI_VERSION,
         plugins=[plugin],
+        # Relative: a client resolves it against the document's own URL, so
+        # the /docs page's "Try it out" calls the gateway that served both.
+        servers=[{"url": "/"}],
         info={
             "description": (
                 "Registers and unregisters push tokens over the Layer Client API and the "
@@ -754,7 +757,7 @@ def build_document(categories: frozenset[str], session_ttl: int) -> dict[str, An
             "type": "apiKey",
             "in": "header",
             "name": "Authorization",
-            "description": "NVX <hash>, one space; read when the body and query carry no hash",
+            "description": "`NVX <hash>`, one space; read when the body and query carry no hash",
         },
     )
     spec.components.security_scheme(

@@ -176,3 +176,12 @@ async def expire(db: asyncpg.Connection, token: str) -> None:
         "UPDATE sessions SET expires_at = now() - interval '1 second' WHERE token_sha256 = $1",
         SessionRef.from_token(token).token_sha256,
     )
+
+
+def documented_operations(document: dict[str, Any]) -> set[tuple[str, str]]:
+    """(METHOD, path) of every operation an OpenAPI document describes."""
+    return {
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        for method in operations
+    }

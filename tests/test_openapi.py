@@ -20,11 +20,13 @@ from schemathesis.specs.openapi.checks import (
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.docs import ASSETS_PATH, PAGE_PATH
 from gateway.keys import EXECUTOR
 from gateway.observability import REQUEST_ID_HEADER
 from gateway.openapi import build_document
 from gateway.parsing import SESSION_KEY
 from tests.conftest import LAYER_ACCEPT
+from tests.helpers import documented_operations
 from tests.live import LiveServer
 
 ADMIN_TOKEN = "openapi-test-admin-key"
@@ -78,14 +80,6 @@ async def test_the_document_never_shows_the_session_slot_the_surfaces_fill_in(cl
     assert not [text for text in _strings(document) if SESSION_KEY.strip("\x00") == text]
 
 
-def _documented(document: dict[str, Any]) -> set[tuple[str, str]]:
-    return {
-        (method.upper(), path)
-        for path, operations in document["paths"].items()
-        for method in operations
-    }
-
-
 async def test_every_route_of_the_app_is_documented(client):
     document = await (await client.get("/openapi.json")).json()
     routes = {
@@ -93,12 +87,14 @@ async def test_every_route_of_the_app_is_documented(client):
         for route in client.app.router.routes()
         if route.resource is not None
         # Catch-alls only answer errors; the Navixy aliases (no /v2, a trailing
-        # slash) are named in each action's description.
+        # slash) are named in each action's description; /docs is the page
+        # that reads the document, not part of the API.
         and route.method != "*"
         and not route.resource.canonical.startswith("/user/")
         and not route.resource.canonical.endswith("/")
+        and route.resource.canonical not in (PAGE_PATH, ASSETS_PATH)
     }
-    assert routes == _documented(document)
+    assert routes == documented_operations(document)
 
 
 # --- the gateway as its document describes it --------------------------------------------
