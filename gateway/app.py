@@ -22,6 +22,7 @@ from gateway.errors import (
 )
 from gateway.executor import Executor, GroupCommitter
 from gateway.keys import EXECUTOR, RATE_LIMITER, SETTINGS
+from gateway.layer_auth import identity_verifier
 from gateway.ratelimit import RateLimiter
 from gateway.store import Store, create_pool
 from gateway.surfaces import internal, layer, navixy
@@ -141,7 +142,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     store = Store(pool)
     writer = GroupCommitter(store, max_pending=settings.max_pending_writes)
     writer.start()
-    app[EXECUTOR] = Executor(store, writer, app[RATE_LIMITER])
+    app[EXECUTOR] = Executor(store, writer, app[RATE_LIMITER], identity_verifier(settings))
     purger = asyncio.create_task(_purge_expired_sessions(store), name="purge-sessions")
     try:
         yield

@@ -1230,7 +1230,7 @@ def layer_specs(draw: st.DrawFn) -> LayerSpec:
             st.sampled_from(
                 [
                     None,
-                    b"application/vnd.layer+json; version=2.0",
+                    b"application/vnd.layer+json; version=4.0",
                     b"application/json",
                     b"*/*",
                     b'application/vnd.layer+json; version="1.0"',
@@ -2065,7 +2065,7 @@ for i, value in enumerate(
         b"",
         b"application/json",
         b"application/vnd.layer+json",
-        b"application/vnd.layer+json; version=2.0",
+        b"application/vnd.layer+json; version=4.0",
         b"application/vnd.layer+json; version=1.0\xff",
         b"\xff\xfe",
     ]

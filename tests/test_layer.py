@@ -221,12 +221,12 @@ async def test_layer_other_endpoints_with_unknown_session_are_401(client, db, me
         None,
         "*/*",
         "application/json",
-        "application/vnd.layer+json; version=2.0",
+        "application/vnd.layer+json; version=4.0",
         "application/vnd.layer+json",
         "application/vnd.layer+json; version=1",
         "text/html, application/json",
     ],
-    ids=["missing", "any", "json", "version-2.0", "no-version", "version-1", "list-without"],
+    ids=["missing", "any", "json", "version-4.0", "no-version", "version-1", "list-without"],
 )
 @pytest.mark.parametrize("endpoint", ["register", "unregister", "list", "end-session"])
 async def test_layer_request_without_the_layer_accept_is_406_invalid_header(
