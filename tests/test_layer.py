@@ -694,7 +694,7 @@ async def test_layer_delete_of_an_unknown_session_is_401(client, db, path):
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/nothing-here"), ("POST", "/push_token"), ("GET", "/sessions"),
+    [("GET", "/nothing-here"), ("POST", "/push_token"), ("GET", "/session"),
      ("POST", "/push_tokens/"), ("GET", "/v1/push_tokens")],
 )
 async def test_layer_unknown_endpoint_is_404_invalid_endpoint(
@@ -708,7 +708,8 @@ async def test_layer_unknown_endpoint_is_404_invalid_endpoint(
 @pytest.mark.parametrize(
     ("method", "path"),
     [("PUT", "/push_tokens"), ("PATCH", "/push_tokens"), ("DELETE", "/push_tokens"),
-     ("GET", "/push_tokens/dev-1"), ("GET", f"/sessions/{'0' * 32}")],
+     ("GET", "/push_tokens/dev-1"), ("GET", f"/sessions/{'0' * 32}"), ("GET", "/sessions"),
+     ("GET", "/nonces")],
 )
 async def test_layer_wrong_method_is_405_method_not_allowed(
     client, new_session, db, method, path
