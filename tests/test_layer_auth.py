@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import json
@@ -26,7 +25,7 @@ from gateway.commands import SessionRef
 from gateway.config import DEFAULT_SESSION_TTL, Settings
 from gateway.layer_auth import generate_key_pair, key_id, load_identity_keys
 from tests.conftest import layer_headers
-from tests.helpers import LAYER_APNS, LAYER_DEVICE, layer_error, registrations
+from tests.helpers import LAYER_APNS, LAYER_DEVICE, b64url, layer_error, registrations
 
 APP_ID = "layer:///apps/staging/9c1f27b4-auth-tests"
 PROVIDER_ID = "layer:///providers/9c1f27b4-auth-tests"
@@ -74,10 +73,6 @@ async def auth_db(db: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
 async def auth_client(aiohttp_client, auth_settings, auth_db) -> TestClient:  # type: ignore[type-arg]
     client: TestClient = await aiohttp_client(create_app(auth_settings))  # type: ignore[type-arg]
     return client
-
-
-def b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def claims(nonce: str, **overrides: Any) -> dict[str, Any]:

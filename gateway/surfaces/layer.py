@@ -137,8 +137,8 @@ class LogInSchema(Schema):
 LOG_IN_SCHEMA = LogInSchema()
 
 
-def accepted(versions: frozenset[str]) -> str:
-    """The Accept values served, as the 406 message and the OpenAPI document name them."""
+def _accepted(versions: frozenset[str]) -> str:
+    """The Accept values served, for the 406 message."""
     return " or ".join(f"{MEDIA_TYPE}; version={v}" for v in sorted(versions))
 
 
@@ -152,7 +152,7 @@ def _check_accept(request: web.Request) -> None:
             name, _, value = parameter.partition("=")
             if name.strip().lower() == "version" and value.strip().strip('"') in versions:
                 return
-    raise NotAcceptable(f"Accept must be {accepted(versions)}")
+    raise NotAcceptable(f"Accept must be {_accepted(versions)}")
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
