@@ -18,6 +18,7 @@ const WS = require('ws');
 const [sdk, rawConfig] = process.argv.slice(2);
 const config = JSON.parse(rawConfig);
 const requests = [];
+let challenges = 0;
 
 function emit(step, extra) {
   process.stdout.write(JSON.stringify(Object.assign({ step }, extra || {})) + '\n');
@@ -28,7 +29,13 @@ function fail(message) {
   process.exit(1);
 }
 
-process.on('uncaughtException', (err) => fail(err && err.stack ? err.stack : err));
+// An exception thrown inside one of the SDK's own callbacks is what a browser
+// would show on its console; it is recorded and reported, and the run goes on
+// (the harness's own failures are rejections of main()).
+const sdkErrors = [];
+process.on('uncaughtException', (err) => {
+  sdkErrors.push(String(err && err.stack ? err.stack : err).split('\n').slice(0, 4).join(' | '));
+});
 // One bound for the whole run: an SDK waiting for something that never comes
 // fails the test instead of hanging it.
 setTimeout(() => fail('timed out'), 60000).unref();
@@ -47,7 +54,10 @@ class RecordingXhr extends Xhr2 {
   send(body) {
     const record = this._record;
     record.body = body === undefined || body === null ? null : String(body);
-    this.addEventListener('loadend', () => {
+    // readystatechange comes before load: an exception in the SDK's own load
+    // handler must not lose the record.
+    this.addEventListener('readystatechange', () => {
+      if (this.readyState !== 4 || record.status !== undefined) return;
       record.status = this.status;
       requests.push(record);
     });
@@ -121,6 +131,7 @@ async function main() {
   const client = makeClient();
   const ready = new Promise((resolve, reject) => {
     client.on('challenge', (evt) => {
+      challenges += 1;
       emit('challenge', { nonce: evt.nonce });
       evt.callback(identityToken(evt.nonce));
     });
@@ -144,11 +155,24 @@ async function main() {
   emit('unregistered');
   await proceed();
 
+  // The test has ended the session behind the SDK's back: the next call is
+  // refused with 401, whose data.nonce starts the SDK's challenge again.
+  const reauthenticated = new Promise((resolve) => client.once('authenticated', resolve));
+  const refused = await pushCall((done) => client.registerAndroidPushToken(config.android, done))
+    .then(() => null, (err) => err.message);
+  if (!refused) throw new Error('a call on an ended session was not refused');
+  await reauthenticated;
+  await pushCall((done) => client.registerAndroidPushToken(config.android, done));
+  emit('reauthenticated', {
+    session_token: client.sessionToken, challenges, refused, sdk_errors: sdkErrors,
+  });
+  await proceed();
+
   await new Promise((resolve) => client.logout(resolve));
   emit('logged_out');
   await proceed();
 
-  emit('done', { requests });
+  emit('done', { requests, sdk_errors: sdkErrors });
   process.exit(0);
 }
 
