@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _layer(arguments: argparse.Namespace, settings: Settings) -> int:
+def _layer(arguments: argparse.Namespace, provider_id: str | None) -> int:
     """The two commands that stand in for Layer's dashboard and an app's backend."""
     from pathlib import Path
 
@@ -75,7 +75,7 @@ def _layer(arguments: argparse.Namespace, settings: Settings) -> int:
             return 1
         print(f"private key: {pem}\npublic keys (GATEWAY_LAYER_IDENTITY_KEYS): {jwks}")
         return 0
-    issuer = arguments.issuer or settings.layer_provider_id
+    issuer = arguments.issuer or provider_id
     if not issuer:
         print("gateway: give --issuer or set GATEWAY_LAYER_PROVIDER_ID", file=sys.stderr)
         return 2
@@ -205,14 +205,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     arguments = _parser().parse_args(argv)
     setup_logging(logging.INFO)
+    if arguments.command == "layer":
+        # Neither needs the database or the gateway's settings: keygen is
+        # what one runs before GATEWAY_LAYER_IDENTITY_KEYS names a file.
+        return _layer(arguments, os.environ.get("GATEWAY_LAYER_PROVIDER_ID"))
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    if arguments.command == "layer":
-        # Neither needs the database.
-        return _layer(arguments, settings)
     if arguments.command == "serve":
         settings = replace(
             settings,

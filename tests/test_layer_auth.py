@@ -579,3 +579,16 @@ def test_identity_token_without_an_issuer_says_which_to_give(tmp_path, capsys, m
     assert main(["layer", "identity-token", "alice", "N", "--key", key]) == 2
     assert "--issuer" in capsys.readouterr().err
 
+
+
+def test_keygen_works_before_the_key_file_it_writes_exists(tmp_path, capsys, monkeypatch):
+    from gateway.cli import main
+
+    for name, value in _env(tmp_path / "identity-keys.json").items():
+        monkeypatch.setenv(name, value)
+    assert main(["layer", "keygen", str(tmp_path)]) == 0
+    assert main(["layer", "identity-token", "alice", "N", "--key",
+                 str(tmp_path / "identity-key.pem")]) == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    assert jwt.decode(token, options={"verify_signature": False})["iss"] == PROVIDER_ID
+    assert Settings.from_env().layer_auth_configured
