@@ -24,7 +24,16 @@ run: $(INSTALLED) ## serve on GATEWAY_HOST:GATEWAY_PORT (embedded Postgres unles
 migrate: $(INSTALLED) ## apply schema.sql to the database
 	$(PY) -m gateway migrate
 
-test: $(INSTALLED) ## run the test suite on a throwaway database
+# The Layer SDKs' Node harness (tests/test_layer_sdks.py): npm ci once per
+# package-lock.json. Without npm the SDK tests skip and say so.
+SDK_HARNESS := tests/sdk/node_modules/.package-lock.json
+
+$(SDK_HARNESS): tests/sdk/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd tests/sdk && npm ci --no-audit --no-fund && touch node_modules/.package-lock.json; \
+	else echo "npm not found: the Layer SDK tests (tests/test_layer_sdks.py) will be skipped"; fi
+
+test: $(INSTALLED) $(SDK_HARNESS) ## run the test suite on a throwaway database
 	@bash .ci/install-chromium || echo "no Chromium: the /docs browser test will skip"
 	$(PY) -m pytest
 

@@ -197,3 +197,14 @@ BEGIN
     RETURN '{}';
 END;
 $$;
+
+-- Layer's authentication handshake: nonces issued by POST /nonces, known only
+-- by their SHA-256 like sessions, single use (consumed by the statement that
+-- opens the session) and short-lived. In the database so that every worker
+-- and every host sees the same ones.
+CREATE TABLE IF NOT EXISTS layer_nonces (
+    nonce_sha256 bytea       PRIMARY KEY CHECK (octet_length(nonce_sha256) = 32),
+    expires_at   timestamptz NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS layer_nonces_expires_at ON layer_nonces (expires_at);

@@ -22,6 +22,7 @@ from gateway.errors import (
 )
 from gateway.executor import Executor, GroupCommitter
 from gateway.keys import EXECUTOR, RATE_LIMITER, SETTINGS
+from gateway.layer_auth import identity_verifier
 from gateway.ratelimit import RateLimiter
 from gateway.store import Store, create_pool
 from gateway.surfaces import internal, layer, navixy
@@ -73,7 +74,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 # text/plain: one its HTTP parser cannot read (an over-long line, a bad chunk
 # size, a TLS handshake on the plain port) and one whose Expect header is not
 # 100-continue. It offers no hook for either, so the gateway replaces the two
-# functions that write those answers; tests/test_hostile.py pins every case.
+# functions that write those answers; tests/hostile/test_pinned.py pins every case.
 _aiohttp_expect_handler = web_urldispatcher._default_expect_handler
 
 
@@ -141,7 +142,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     store = Store(pool)
     writer = GroupCommitter(store, max_pending=settings.max_pending_writes)
     writer.start()
-    app[EXECUTOR] = Executor(store, writer, app[RATE_LIMITER])
+    app[EXECUTOR] = Executor(store, writer, app[RATE_LIMITER], identity_verifier(settings))
     purger = asyncio.create_task(_purge_expired_sessions(store), name="purge-sessions")
     try:
         yield

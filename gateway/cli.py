@@ -42,7 +42,53 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--ttl", type=int, help="lifetime in seconds (GATEWAY_SESSION_TTL)")
     revoke = session_commands.add_parser("revoke", help="end a session and its registrations")
     revoke.add_argument("token")
+
+    layer = commands.add_parser("layer", help="Layer's authentication handshake, for development")
+    layer_commands = layer.add_subparsers(dest="layer_command", required=True)
+    keygen = layer_commands.add_parser(
+        "keygen", help="write an RSA key pair: DIR/identity-key.pem and DIR/identity-keys.json"
+    )
+    keygen.add_argument("directory")
+    identity = layer_commands.add_parser(
+        "identity-token", help="print an identity token for USER over NONCE, signed with --key"
+    )
+    identity.add_argument("user")
+    identity.add_argument("nonce")
+    identity.add_argument("--key", required=True, help="the private key PEM that keygen wrote")
+    identity.add_argument(
+        "--issuer", help="the provider id, the token's iss (GATEWAY_LAYER_PROVIDER_ID)"
+    )
     return parser
+
+
+def _layer(arguments: argparse.Namespace, provider_id: str | None) -> int:
+    """The two commands that stand in for Layer's dashboard and an app's backend."""
+    from pathlib import Path
+
+    from gateway.layer_auth import IdentityKeyError, generate_key_pair, sign_identity_token
+
+    if arguments.layer_command == "keygen":
+        try:
+            pem, jwks = generate_key_pair(Path(arguments.directory))
+        except FileExistsError as exc:
+            print(f"gateway: {exc.filename} exists; keygen never overwrites a key", file=sys.stderr)
+            return 1
+        print(f"private key: {pem}\npublic keys (GATEWAY_LAYER_IDENTITY_KEYS): {jwks}")
+        return 0
+    issuer = arguments.issuer or provider_id
+    if not issuer:
+        print("gateway: give --issuer or set GATEWAY_LAYER_PROVIDER_ID", file=sys.stderr)
+        return 2
+    try:
+        pem_bytes = Path(arguments.key).read_bytes()
+        print(sign_identity_token(pem_bytes, arguments.user, arguments.nonce, issuer))
+    except OSError as exc:
+        print(f"gateway: cannot read {arguments.key}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, IdentityKeyError) as exc:
+        print(f"gateway: {arguments.key} is not an RSA private key PEM: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def _migrate(dsn: str) -> None:
@@ -159,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     arguments = _parser().parse_args(argv)
     setup_logging(logging.INFO)
+    if arguments.command == "layer":
+        # Neither needs the database or the gateway's settings: keygen is
+        # what one runs before GATEWAY_LAYER_IDENTITY_KEYS names a file.
+        return _layer(arguments, os.environ.get("GATEWAY_LAYER_PROVIDER_ID"))
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

@@ -115,3 +115,17 @@ class OpenSession:
 
     user_id: str
     ttl_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class IssueNonce:
+    """Mint a single-use nonce for Layer's authentication handshake."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogIn:
+    """Turn an identity token the app's backend signed into a session lasting ``ttl_seconds``."""
+
+    identity_token: str
+    app_id: str
+    ttl_seconds: int

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.layer_auth import IdentityKeyError, load_identity_keys
 from gateway.validation import DEFAULT_CATEGORIES
 
 DEFAULT_SESSION_TTL = 30 * 24 * 3600
@@ -20,6 +22,12 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names it."""
+
+
+# The versions of Layer's Client API its clients send: the push-tokens page's
+# examples (1.0), the API overview and layer-websdk 3.x (2.0), @layerhq/web-xdk
+# 4.x (3.0). Push-token semantics are the same in all three.
+DEFAULT_LAYER_VERSIONS = frozenset({"1.0", "2.0", "3.0"})
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
@@ -89,6 +97,39 @@ def _admin_token(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _layer_versions(env: Mapping[str, str]) -> frozenset[str]:
+    raw = env.get("GATEWAY_LAYER_VERSIONS")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_LAYER_VERSIONS
+    versions = frozenset(item.strip() for item in raw.split(","))
+    bad = sorted(v for v in versions if not re.fullmatch(r"[0-9]{1,3}\.[0-9]{1,3}", v))
+    if bad:
+        raise ConfigError(f"GATEWAY_LAYER_VERSIONS must list versions like 2.0, got {bad}")
+    return versions
+
+
+_LAYER_AUTH_VARIABLES = (
+    "GATEWAY_LAYER_APP_ID", "GATEWAY_LAYER_PROVIDER_ID", "GATEWAY_LAYER_IDENTITY_KEYS"
+)
+
+
+def _layer_identity_keys(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The provider's public keys as JWK JSON texts, checked now so a bad file stops the start."""
+    set_ = [name for name in _LAYER_AUTH_VARIABLES if env.get(name)]
+    if not set_:
+        return ()
+    if len(set_) < len(_LAYER_AUTH_VARIABLES):
+        missing = [name for name in _LAYER_AUTH_VARIABLES if name not in set_]
+        raise ConfigError(
+            f"the Layer authentication handshake needs {', '.join(missing)} too"
+            f" (set: {', '.join(set_)})"
+        )
+    try:
+        return load_identity_keys(Path(env["GATEWAY_LAYER_IDENTITY_KEYS"]))
+    except IdentityKeyError as exc:
+        raise ConfigError(f"GATEWAY_LAYER_IDENTITY_KEYS: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, with the defaults a fresh checkout runs on."""
@@ -114,6 +155,18 @@ class Settings:
     # Past this many queued writes a process answers 503 at once instead of
     # queueing without end: at ~20k writes/s it is half a second of work.
     max_pending_writes: int = 10_000
+    # The Accept versions the Layer surface serves.
+    layer_versions: frozenset[str] = field(default=DEFAULT_LAYER_VERSIONS)
+    # Layer's authentication handshake (POST /nonces, POST /sessions): the app
+    # id clients send, the identity provider's id (the tokens' iss) and its
+    # public keys (JWK JSON texts, each with its kid). Empty: not configured.
+    layer_app_id: str | None = None
+    layer_provider_id: str | None = None
+    layer_identity_keys: tuple[str, ...] = ()
+
+    @property
+    def layer_auth_configured(self) -> bool:
+        return bool(self.layer_identity_keys)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -136,6 +189,10 @@ class Settings:
             rate_limit=_float(env, "GATEWAY_RATE_LIMIT", 100.0, 1_000_000),
             rate_burst=_int(env, "GATEWAY_RATE_BURST", 200, 1, 1_000_000),
             max_pending_writes=_int(env, "GATEWAY_MAX_PENDING_WRITES", 10_000, 1, 10_000_000),
+            layer_versions=_layer_versions(env),
+            layer_app_id=env.get("GATEWAY_LAYER_APP_ID") or None,
+            layer_provider_id=env.get("GATEWAY_LAYER_PROVIDER_ID") or None,
+            layer_identity_keys=_layer_identity_keys(env),
         )
         if settings.pool_min_size > settings.pool_max_size:
             raise ConfigError("GATEWAY_POOL_MIN_SIZE must not exceed GATEWAY_POOL_MAX_SIZE")

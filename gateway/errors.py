@@ -76,3 +76,11 @@ class RateLimited(GatewayError):
 
 class AdminKeyRejected(GatewayError):
     """Raised by the internal surface when the admin key is missing or wrong, or none is set."""
+
+
+class IdentityRejected(GatewayError):
+    """Raised when an identity token fails a check; the message names the check, never the token."""
+
+
+class AuthenticationNotConfigured(GatewayError):
+    """Raised by the Layer handshake when no app id, provider id and identity keys are set."""

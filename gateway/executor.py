@@ -9,18 +9,30 @@ from typing import Any
 
 from gateway.commands import (
     EndSession,
+    IssueNonce,
     ListRegistrations,
+    LogIn,
     RegisterToken,
     UnregisterToken,
     WriteCommand,
 )
-from gateway.errors import DatabaseUnavailable, GatewayError, Overloaded, RateLimited
+from gateway.errors import (
+    AuthenticationNotConfigured,
+    DatabaseUnavailable,
+    GatewayError,
+    IdentityRejected,
+    Overloaded,
+    RateLimited,
+)
+from gateway.layer_auth import IdentityVerifier
 from gateway.ratelimit import RateLimiter
-from gateway.store import Store
+from gateway.store import OpenedSession, Store
 
 log = logging.getLogger(__name__)
 
 Command = RegisterToken | UnregisterToken | EndSession | ListRegistrations
+# Commands made before there is a session: no session's rate limit applies.
+Handshake = IssueNonce | LogIn
 
 
 class GroupCommitter:
@@ -99,17 +111,31 @@ class GroupCommitter:
 class Executor:
     """The one place a command is run, whichever surface it came from."""
 
-    def __init__(self, store: Store, writer: GroupCommitter, limiter: RateLimiter) -> None:
+    def __init__(
+        self,
+        store: Store,
+        writer: GroupCommitter,
+        limiter: RateLimiter,
+        identities: IdentityVerifier | None = None,
+    ) -> None:
         self.store = store
         self._writer = writer
         self._limiter = limiter
+        self._identities = identities
 
     @property
     def writer(self) -> GroupCommitter:
         """The group-commit writer, for gateway.observability to watch."""
         return self._writer
 
-    async def execute(self, command: Command) -> Any:
+    async def execute(self, command: Command | Handshake) -> Any:
+        match command:
+            case IssueNonce():
+                if self._identities is None:
+                    raise AuthenticationNotConfigured()
+                return await self.store.issue_nonce()
+            case LogIn():
+                return await self._log_in(command)
         if not self._limiter.allow(command.session.token_sha256):
             raise RateLimited()
         match command:
@@ -121,3 +147,14 @@ class Executor:
                 return None
             case ListRegistrations():
                 return await self.store.list_registrations(command)
+
+    async def _log_in(self, command: LogIn) -> OpenedSession:
+        if self._identities is None:
+            raise AuthenticationNotConfigured()
+        identity = self._identities.verify(command.identity_token, command.app_id)
+        opened = await self.store.open_session_with_nonce(
+            identity.nonce, identity.user_id, command.ttl_seconds
+        )
+        if opened is None:
+            raise IdentityRejected("the nonce (nce) is unknown, expired or already used")
+        return opened

@@ -14,6 +14,7 @@ from marshmallow import Schema, fields
 
 from gateway import validation
 from gateway.commands import Provider
+from gateway.config import DEFAULT_LAYER_VERSIONS
 from gateway.keys import SETTINGS
 from gateway.observability import REQUEST_ID_HEADER
 from gateway.parsing import SESSION_KEY
@@ -72,6 +73,11 @@ class LayerErrorSchema(Schema):
     message = fields.String(required=True)
     url = fields.String(required=True, metadata={"format": "uri"})
     data = fields.Dict(required=True, metadata={"description": "e.g. {\"property\": \"token\"}"})
+
+
+class LayerLogInSchema(Schema):
+    identity_token = fields.String(required=True, metadata={"description": "a signed JWS"})
+    app_id = fields.String(required=True)
 
 
 class WebPushKeysDocSchema(Schema):
@@ -221,12 +227,23 @@ def _json_body(schema: str) -> dict[str, Any]:
 
 _LAYER_ERRORS = {
     400: "The body is not a JSON object (invalid_request, code 10)",
-    401: "No valid session token, or the session is unknown, expired or ended (code 4)",
-    406: "Accept is not application/vnd.layer+json; version=1.0 (invalid_header, code 107)",
+    401: (
+        "No valid session token, the session is unknown, expired or ended, or the identity"
+        " token was refused (code 4); data.nonce is a fresh nonce when the handshake is"
+        " configured"
+    ),
+    406: (
+        "Accept is not application/vnd.layer+json with a version of GATEWAY_LAYER_VERSIONS"
+        " (invalid_header, code 107)"
+    ),
     413: "The body is larger than GATEWAY_MAX_BODY_BYTES (invalid_request, code 10)",
     422: "A property is missing (code 104) or invalid (code 105); data.property names it",
     429: "Too many requests for this session (rate_limit_exceeded, code 7)",
     500: "A database or unexpected error (internal_server_error, code 100)",
+    501: (
+        "The handshake is not configured: no GATEWAY_LAYER_APP_ID, GATEWAY_LAYER_PROVIDER_ID"
+        " and GATEWAY_LAYER_IDENTITY_KEYS (authentication_not_configured)"
+    ),
     503: "The database is unavailable or the write queue is full (code 1)",
 }
 
@@ -256,7 +273,10 @@ def _layer_accept() -> dict[str, Any]:
         "in": "header",
         "required": True,
         "description": "Every Layer request names the API's media type and version.",
-        "schema": {"type": "string", "enum": [f"{layer.MEDIA_TYPE}; version={layer.API_VERSION}"]},
+        "schema": {
+            "type": "string",
+            "enum": [f"{layer.MEDIA_TYPE}; version={v}" for v in sorted(DEFAULT_LAYER_VERSIONS)],
+        },
     }
 
 
@@ -339,6 +359,73 @@ def _layer_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
                 "responses": {
                     "202": _answer("Unregistered, or there was nothing to unregister"),
                     **_layer_errors(401, 406, 422, 429, 500, 503),
+                },
+            }
+        },
+    )
+    spec.components.schema("LayerLogIn", schema=LayerLogInSchema)
+    spec.path(
+        "/nonces",
+        operations={
+            "post": {
+                "tags": tags,
+                "operationId": "layer_issue_nonce",
+                "summary": "Start Layer's authentication handshake: a single-use nonce",
+                "description": (
+                    "The app's backend signs an identity token over the nonce (valid 10"
+                    " minutes); POST /sessions turns it into a session. No session needed."
+                ),
+                "parameters": [_layer_accept()],
+                "responses": {
+                    "201": {
+                        "description": "A new nonce",
+                        "headers": _headers(),
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["nonce"],
+                                    "properties": {"nonce": {"type": "string"}},
+                                }
+                            }
+                        },
+                    },
+                    **_layer_errors(406, 500, 501, 503),
+                },
+            }
+        },
+    )
+    spec.path(
+        "/sessions",
+        operations={
+            "post": {
+                "tags": tags,
+                "operationId": "layer_log_in",
+                "summary": "Trade an identity token for a session",
+                "description": (
+                    "The identity token is a JWS (RS256, cty layer-eit;v=1, a configured kid)"
+                    " with claims iss, prn, iat, exp and nce, a nonce from POST /nonces,"
+                    " which it uses up."
+                ),
+                "parameters": [_layer_accept()],
+                "requestBody": _json_body("LayerLogIn"),
+                "responses": {
+                    "201": {
+                        "description": "A session, as `gateway session create` makes",
+                        "headers": _headers(),
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["session_token"],
+                                    "properties": {
+                                        "session_token": {"type": "string", "pattern": _HEX_32}
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **_layer_errors(400, 401, 406, 413, 422, 500, 501, 503),
                 },
             }
         },

@@ -311,6 +311,7 @@ class Store:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self.sessions = SessionCache()
+        self._nonce_slots = asyncio.Semaphore(NONCE_CONNECTIONS)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
@@ -504,6 +505,42 @@ class Store:
             raise translate(exc) from exc
         return {row["provider"]: row["registrations"] for row in rows}
 
+    # -------------------------------------------------- Layer's authentication handshake
+
+    async def issue_nonce(self) -> str:
+        """A new single-use nonce, stored as its digest, valid for NONCE_TTL_SECONDS."""
+        nonce = secrets.token_urlsafe(32)
+        try:
+            # Every 401 mints one: a flood of refused requests may use a few
+            # pooled connections, never all of them (writes keep the rest).
+            async with self._nonce_slots, self._connection() as connection:
+                await connection.execute(ISSUE_NONCE, _digest(nonce), NONCE_TTL_SECONDS)
+        except DATABASE_FAILURES as exc:
+            raise translate(exc) from exc
+        return nonce
+
+    async def open_session_with_nonce(
+        self, nonce: str, user_id: str, ttl_seconds: int
+    ) -> OpenedSession | None:
+        """Consume the nonce and open a session for the user, atomically; None if it was not live.
+
+        One statement does both, so two presentations of the same nonce at the
+        same moment (two workers, two hosts) open one session between them.
+        """
+        token = secrets.token_hex(16)
+        try:
+            async with self._connection() as connection:
+                expires_at = await connection.fetchval(
+                    OPEN_SESSION_WITH_NONCE,
+                    _digest(nonce),
+                    SessionRef.from_token(token).token_sha256,
+                    user_id,
+                    ttl_seconds,
+                )
+        except DATABASE_FAILURES as exc:
+            raise translate(exc) from exc
+        return None if expires_at is None else OpenedSession(token, expires_at)
+
 
 # ------------------------------------------------------ the senders' internal API
 
@@ -555,3 +592,40 @@ SELECT count(*) FROM gone
 class OpenedSession:
     token: str
     expires_at: datetime
+
+
+# ------------------------------------------------------ Layer's authentication handshake
+
+# Layer's nonces live ten minutes: time for the app's backend to sign one.
+NONCE_TTL_SECONDS = 600
+# Pooled connections that minting nonces may hold at once (see issue_nonce).
+NONCE_CONNECTIONS = 2
+
+
+def _digest(nonce: str) -> bytes:
+    return hashlib.sha256(nonce.encode("utf-8", "surrogatepass")).digest()
+
+
+# Also clears a few expired nonces, so the table stays as small as the last
+# ten minutes' handshakes without a sweeper of its own.
+ISSUE_NONCE = """
+WITH expired AS (
+    DELETE FROM layer_nonces WHERE nonce_sha256 IN (
+        SELECT nonce_sha256 FROM layer_nonces WHERE expires_at <= now() LIMIT 8
+        FOR UPDATE SKIP LOCKED
+    )
+)
+INSERT INTO layer_nonces (nonce_sha256, expires_at)
+VALUES ($1, now() + make_interval(secs => $2))
+"""
+
+# The DELETE takes the nonce's row lock: a second presentation waits for the
+# first to commit, then finds the row gone and opens nothing.
+OPEN_SESSION_WITH_NONCE = """
+WITH used AS (
+    DELETE FROM layer_nonces WHERE nonce_sha256 = $1 AND expires_at > now() RETURNING 1
+)
+INSERT INTO sessions (token_sha256, user_id, expires_at)
+SELECT $2, $3, now() + make_interval(secs => $4) FROM used
+RETURNING expires_at
+"""

@@ -221,12 +221,12 @@ async def test_layer_other_endpoints_with_unknown_session_are_401(client, db, me
         None,
         "*/*",
         "application/json",
-        "application/vnd.layer+json; version=2.0",
+        "application/vnd.layer+json; version=4.0",
         "application/vnd.layer+json",
         "application/vnd.layer+json; version=1",
         "text/html, application/json",
     ],
-    ids=["missing", "any", "json", "version-2.0", "no-version", "version-1", "list-without"],
+    ids=["missing", "any", "json", "version-4.0", "no-version", "version-1", "list-without"],
 )
 @pytest.mark.parametrize("endpoint", ["register", "unregister", "list", "end-session"])
 async def test_layer_request_without_the_layer_accept_is_406_invalid_header(
@@ -694,7 +694,7 @@ async def test_layer_delete_of_an_unknown_session_is_401(client, db, path):
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/nothing-here"), ("POST", "/push_token"), ("GET", "/sessions"),
+    [("GET", "/nothing-here"), ("POST", "/push_token"), ("GET", "/session"),
      ("POST", "/push_tokens/"), ("GET", "/v1/push_tokens")],
 )
 async def test_layer_unknown_endpoint_is_404_invalid_endpoint(
@@ -708,7 +708,8 @@ async def test_layer_unknown_endpoint_is_404_invalid_endpoint(
 @pytest.mark.parametrize(
     ("method", "path"),
     [("PUT", "/push_tokens"), ("PATCH", "/push_tokens"), ("DELETE", "/push_tokens"),
-     ("GET", "/push_tokens/dev-1"), ("GET", f"/sessions/{'0' * 32}")],
+     ("GET", "/push_tokens/dev-1"), ("GET", f"/sessions/{'0' * 32}"), ("GET", "/sessions"),
+     ("GET", "/nonces")],
 )
 async def test_layer_wrong_method_is_405_method_not_allowed(
     client, new_session, db, method, path

@@ -6,10 +6,12 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import jwt
 import orjson
 import pytest
 import requests
 import schemathesis
+from cryptography.hazmat.primitives.asymmetric import rsa
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -22,6 +24,7 @@ from gateway.app import create_app
 from gateway.config import Settings
 from gateway.docs import ASSETS_PATH, PAGE_PATH
 from gateway.keys import EXECUTOR
+from gateway.layer_auth import key_id
 from gateway.observability import REQUEST_ID_HEADER
 from gateway.openapi import build_document
 from gateway.parsing import SESSION_KEY
@@ -30,7 +33,21 @@ from tests.helpers import documented_operations
 from tests.live import LiveServer
 
 ADMIN_TOKEN = "openapi-test-admin-key"
-LIVE_SETTINGS = Settings(admin_token=ADMIN_TOKEN)
+
+
+def _identity_keys() -> tuple[str, ...]:
+    """One provider key, so that the Layer handshake is served and explored too."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    jwk = orjson.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key)) | {"kid": key_id(key)}
+    return (orjson.dumps(jwk).decode(),)
+
+
+LIVE_SETTINGS = Settings(
+    admin_token=ADMIN_TOKEN,
+    layer_app_id="layer:///apps/staging/openapi",
+    layer_provider_id="layer:///providers/openapi",
+    layer_identity_keys=_identity_keys(),
+)
 
 # Whether the document and the code agree: no 500s, and every status, header,
 # media type and body the document promises.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -12,16 +14,20 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
 from gateway import validation
 from gateway.commands import (
     EndSession,
+    IssueNonce,
     ListRegistrations,
+    LogIn,
     Provider,
     RegisterToken,
     SessionRef,
     UnregisterToken,
 )
 from gateway.errors import (
+    AuthenticationNotConfigured,
     DatabaseError,
     DatabaseUnavailable,
     GatewayError,
+    IdentityRejected,
     InvalidParameters,
     MalformedRequest,
     MethodNotAllowed,
@@ -34,11 +40,10 @@ from gateway.errors import (
     SessionNotFound,
     UnknownEndpoint,
 )
-from gateway.keys import EXECUTOR
+from gateway.keys import EXECUTOR, SETTINGS
 from gateway.parsing import SESSION_KEY, Text, load, one_of, read_body
 
 MEDIA_TYPE = "application/vnd.layer+json"
-API_VERSION = "1.0"
 DOCS_URL = "https://developer.layer.com/docs/client/rest"
 
 # The page's own examples quote the token with single quotes; the SDKs use
@@ -105,16 +110,75 @@ class RegisterSchema(Schema):
 REGISTER_SCHEMA = RegisterSchema()
 
 
+# A 2048-bit RS256 token with Layer's claims is under 1 KiB; a 4096-bit key
+# with a long user id stays far below this.
+IDENTITY_TOKEN_MAX_LENGTH = 8192
+
+
+def _identity_token(value: str) -> str:
+    return validation.check_identifier(value, IDENTITY_TOKEN_MAX_LENGTH)
+
+
+class LogInSchema(Schema):
+    """The body of POST /sessions: an identity token and the app it is for."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    identity_token = Text(_identity_token, required=True)
+    app_id = Text(validation.check_identifier, required=True)
+    ttl = fields.Integer(required=True, data_key=SESSION_KEY)
+
+    @post_load
+    def make_command(self, data: dict[str, Any], **_: Any) -> LogIn:
+        return LogIn(data["identity_token"], data["app_id"], data["ttl"])
+
+
+LOG_IN_SCHEMA = LogInSchema()
+
+
+def _accepted(versions: frozenset[str]) -> str:
+    """The Accept values served, for the 406 message."""
+    return " or ".join(f"{MEDIA_TYPE}; version={v}" for v in sorted(versions))
+
+
 def _check_accept(request: web.Request) -> None:
+    versions = request.app[SETTINGS].layer_versions
     for media_range in request.headers.get("Accept", "").split(","):
         media_type, *parameters = media_range.split(";")
         if media_type.strip().lower() != MEDIA_TYPE:
             continue
         for parameter in parameters:
             name, _, value = parameter.partition("=")
-            if name.strip().lower() == "version" and value.strip().strip('"') == API_VERSION:
+            if name.strip().lower() == "version" and value.strip().strip('"') in versions:
                 return
-    raise NotAcceptable()
+    raise NotAcceptable(f"Accept must be {_accepted(versions)}")
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _route(handler: Handler) -> Handler:
+    """A Layer route: the Accept check first, and a fresh nonce on every 401.
+
+    The nonce is Layer's documented contract (its SDKs read data.nonce to
+    re-authenticate when a session expires). When none can be minted because
+    the database is down, the answer is 503, not a 401 without one: the
+    client retries instead of dropping its session.
+    """
+
+    @functools.wraps(handler)
+    async def serve(request: web.Request) -> web.Response:
+        _check_accept(request)
+        try:
+            return await handler(request)
+        except (MissingCredentials, SessionNotFound, IdentityRejected) as exc:
+            if not request.app[SETTINGS].layer_auth_configured:
+                return render_error(exc)
+            nonce = await request.app[EXECUTOR].execute(IssueNonce())
+            return render_error(exc, nonce=nonce)
+
+    return serve
 
 
 def _session(request: web.Request) -> SessionRef:
@@ -135,8 +199,8 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
+@_route
 async def register_push_token(request: web.Request) -> web.Response:
-    _check_accept(request)
     session = _session(request)
     body = await _json_object(request)
     body[SESSION_KEY] = session
@@ -144,8 +208,8 @@ async def register_push_token(request: web.Request) -> web.Response:
     return web.Response(status=202)
 
 
+@_route
 async def unregister_push_token(request: web.Request) -> web.Response:
-    _check_accept(request)
     session = _session(request)
     try:
         device_id = validation.check_identifier(request.match_info["device_id"])
@@ -175,14 +239,14 @@ def _registration(row: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+@_route
 async def list_push_tokens(request: web.Request) -> web.Response:
-    _check_accept(request)
     rows = await request.app[EXECUTOR].execute(ListRegistrations(_session(request)))
     return _json(200, [_registration(row) for row in rows])
 
 
+@_route
 async def end_session(request: web.Request) -> web.Response:
-    _check_accept(request)
     token = request.match_info["session_token"]
     if not _SESSION_TOKEN.fullmatch(token):
         raise MissingCredentials()
@@ -190,7 +254,23 @@ async def end_session(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@_route
+async def issue_nonce(request: web.Request) -> web.Response:
+    nonce = await request.app[EXECUTOR].execute(IssueNonce())
+    return _json(201, {"nonce": nonce})
+
+
+@_route
+async def log_in(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    body[SESSION_KEY] = request.app[SETTINGS].session_ttl
+    opened = await request.app[EXECUTOR].execute(load(LOG_IN_SCHEMA, body))
+    return _json(201, {"session_token": opened.token})
+
+
 def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/nonces", issue_nonce)
+    app.router.add_post("/sessions", log_in)
     app.router.add_post("/push_tokens", register_push_token)
     app.router.add_get("/push_tokens", list_push_tokens, allow_head=False)
     # [\s\S], not '.': a device id with a newline is a bad property (422), not an unknown path.
@@ -208,14 +288,19 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.
 
 
 def _error(
-    status: int, code: int, error_id: str, message: str, data: dict[str, Any] | None = None
+    status: int,
+    code: int,
+    error_id: str,
+    message: str,
+    data: dict[str, Any] | None = None,
+    nonce: str | None = None,
 ) -> web.Response:
     body = {
         "id": error_id,
         "code": code,
         "message": message,
         "url": f"{DOCS_URL}#{error_id}",
-        "data": data or {},
+        "data": (data or {}) | ({"nonce": nonce} if nonce is not None else {}),
     }
     headers = _CHALLENGE if status == 401 else _RETRY_SOON if status in {429, 503} else None
     return _json(status, body, headers)
@@ -227,8 +312,8 @@ _CHALLENGE = {"WWW-Authenticate": "Layer"}
 _RETRY_SOON = {"Retry-After": "1"}
 
 
-def render_error(exc: GatewayError) -> web.Response:
-    """The one place a domain error becomes a Layer error body."""
+def render_error(exc: GatewayError, nonce: str | None = None) -> web.Response:
+    """The one place a domain error becomes a Layer error body; 401s carry ``nonce``."""
     match exc:
         case InvalidParameters(problems=[first, *_]):
             if first.missing:
@@ -245,16 +330,26 @@ def render_error(exc: GatewayError) -> web.Response:
         case MissingCredentials():
             return _error(
                 401, 4, "authentication_required",
-                "A valid Authorization header with a session-token is required",
+                "A valid Authorization header with a session-token is required", nonce=nonce,
             )
         case SessionNotFound():
             return _error(
-                401, 4, "authentication_required", "The session is unknown, expired or ended"
+                401, 4, "authentication_required", "The session is unknown, expired or ended",
+                nonce=nonce,
+            )
+        case IdentityRejected():
+            return _error(
+                401, 4, "authentication_required", f"Identity token refused: {exc}", nonce=nonce
+            )
+        case AuthenticationNotConfigured():
+            return _error(
+                501, 4, "authentication_not_configured",
+                "Identity-token authentication is not configured on this gateway",
             )
         case NotAcceptable():
             return _error(
                 406, 107, "invalid_header",
-                f"Accept must be {MEDIA_TYPE}; version={API_VERSION}", {"header": "Accept"},
+                str(exc) or f"Accept must be {MEDIA_TYPE}", {"header": "Accept"},
             )
         case UnknownEndpoint():
             return _error(404, 106, "invalid_endpoint", "There is no such endpoint")

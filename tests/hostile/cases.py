@@ -642,7 +642,7 @@ for i, value in enumerate(
         b"",
         b"application/json",
         b"application/vnd.layer+json",
-        b"application/vnd.layer+json; version=2.0",
+        b"application/vnd.layer+json; version=4.0",
         b"application/vnd.layer+json; version=1.0\xff",
         b"\xff\xfe",
     ]

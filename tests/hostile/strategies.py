@@ -364,7 +364,7 @@ def layer_specs(draw: st.DrawFn) -> LayerSpec:
             st.sampled_from(
                 [
                     None,
-                    b"application/vnd.layer+json; version=2.0",
+                    b"application/vnd.layer+json; version=4.0",
                     b"application/json",
                     b"*/*",
                     b'application/vnd.layer+json; version="1.0"',
