@@ -1,0 +1,311 @@
+"""Cheap requests that must never starve the writes: scrapes, stalled fan-out readers, slow and
+idle clients.
+
+The first tests run the app in-process and pin each mechanism; the `stress`
+ones run the gateway as `python -m gateway serve` on a private PostgreSQL
+seeded with 100,000+ registrations, run the abuse, and measure Layer and
+Navixy write latency meanwhile (printed with the fault tests' figures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from dataclasses import dataclass, replace
+
+import asyncpg
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.app import create_app
+from gateway.commands import SessionRef
+from gateway.config import ConfigError, Settings
+from gateway.keys import EXECUTOR, INTERNAL_STORE
+from tests.conftest import ClientFactory, layer_headers
+from tests.faults_support import (
+    registrations_locked,
+    wait_until,
+)
+
+ADMIN_KEY = "abuse-test-admin-key-0f3a9c2e7b"
+METRICS_KEY = "abuse-test-metrics-key-5d1e8b"
+TARGETS = "/internal/v1/targets"
+
+
+async def seed(
+    db: asyncpg.Connection, users: int, per_user: int, prefix: str = "bulk"
+) -> list[str]:
+    """users x per_user live registrations, written straight into the tables; the user ids."""
+    await db.execute(
+        """
+        INSERT INTO sessions (token_sha256, user_id, expires_at)
+        SELECT sha256(($1 || '-' || i)::bytea), $1 || '-' || i, now() + interval '1 hour'
+        FROM generate_series(1, $2) AS i
+        """,
+        prefix,
+        users,
+    )
+    await db.execute(
+        """
+        INSERT INTO registrations (user_id, session_id, device_id, provider, token)
+        SELECT s.user_id, s.id, 'device-' || d, 'fcm', 'bulk:' || s.user_id || ':' || d
+        FROM sessions AS s CROSS JOIN generate_series(1, $2) AS d
+        WHERE s.user_id LIKE $1 || '-%'
+        """,
+        prefix,
+        per_user,
+    )
+    await db.execute("ANALYZE registrations")
+    return [f"{prefix}-{i}" for i in range(1, users + 1)]
+
+
+async def new_session(dsn_or_db: asyncpg.Connection, user: str) -> str:
+    token = os.urandom(16).hex()
+    await dsn_or_db.execute(
+        "INSERT INTO sessions (token_sha256, user_id, expires_at)"
+        " VALUES ($1, $2, now() + interval '1 day')",
+        SessionRef.from_token(token).token_sha256,
+        user,
+    )
+    return token
+
+
+async def transactions_left_open(db: asyncpg.Connection) -> int:
+    """Backends of this database idle inside a transaction, this connection's own aside."""
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
+    )
+    return count
+
+
+# ------------------------------------------------------------------ abusive peers
+
+
+async def raw_connection(port: int, receive_buffer: int | None = None) -> tuple[
+    asyncio.StreamReader, asyncio.StreamWriter
+]:
+    """A plain TCP connection; a small ``receive_buffer`` makes a stalled reader stall sooner."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return await asyncio.open_connection(sock=sock)
+
+
+@dataclass
+class StalledReader:
+    """Asks for a large fan-out, reads its first bytes, then never reads again."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    first_bytes: bytes = b""
+
+    @classmethod
+    async def start(cls, port: int, users: list[str], key: str = ADMIN_KEY) -> StalledReader:
+        reader, writer = await raw_connection(port, receive_buffer=4096)
+        body = orjson.dumps({"users": users, "category": "chat_message"})
+        writer.write(
+            b"POST " + TARGETS.encode() + b" HTTP/1.1\r\nHost: gateway\r\n"
+            b"Authorization: Bearer " + key.encode() + b"\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        await writer.drain()
+        stalled = cls(reader, writer)
+        stalled.first_bytes = await reader.read(1024)
+        return stalled
+
+    async def is_cut_off(self) -> bool:
+        """Whether the gateway has ended the stream: reads what it sent, to its end."""
+        try:
+            while await asyncio.wait_for(self.reader.read(1 << 20), 5):
+                pass
+        except TimeoutError:
+            return False
+        except ConnectionError:
+            return True
+        return True
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+
+class SlowLoris:
+    """Sends a request a byte at a time, a byte every ``pace`` seconds, never finishing it."""
+
+    def __init__(self, port: int, request: bytes, pace: float) -> None:
+        self.port = port
+        self.request = request
+        self.pace = pace
+        self.closed_after: float | None = None
+        self.sent = 0
+
+    async def run(self) -> None:
+        try:
+            _, writer = await raw_connection(self.port)
+        except OSError:
+            return
+        started = time.monotonic()
+        try:
+            for byte in self.request:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                self.sent += 1
+                await asyncio.sleep(self.pace)
+                if writer.transport.is_closing():
+                    break
+            # Every byte went: the gateway is waiting for the rest.
+            await asyncio.sleep(3600)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self.closed_after = time.monotonic() - started
+            writer.transport.abort()
+
+
+# ------------------------------------------------------------------ 1. /metrics
+
+
+@pytest.fixture
+async def gateway(
+    aiohttp_client: ClientFactory, settings: Settings, db: asyncpg.Connection
+) -> TestClient:  # type: ignore[type-arg]
+    return await aiohttp_client(
+        create_app(replace(settings, admin_token=ADMIN_KEY, metrics_refresh_seconds=0.05))
+    )
+
+
+def gauge(text: str, provider: str) -> float | None:
+    prefix = f'gateway_registrations{{provider="{provider}"}} '
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix):])
+    return None
+
+
+async def test_a_scrape_answers_from_the_last_count_while_the_table_is_locked(
+    gateway, db, database_url
+):
+    await seed(db, users=10, per_user=3)
+
+    async def counted() -> bool:
+        return gauge(await (await gateway.get("/metrics")).text(), "fcm") == 30
+
+    await wait_until(counted, within=10, what="the gauge to count the seeded rows")
+    async with registrations_locked(database_url):
+        # A count would now wait for the lock: a scrape must not be one.
+        response = await asyncio.wait_for(gateway.get("/metrics"), 2)
+        text = await response.text()
+    assert response.status == 200
+    assert gauge(text, "fcm") == 30
+
+
+async def test_scrapes_do_not_count_the_table(gateway, db, monkeypatch):
+    store = gateway.app[INTERNAL_STORE]
+    counts: list[float] = []
+    real = store.count_registrations_by_provider
+
+    async def counting() -> dict[str, int]:
+        counts.append(time.monotonic())
+        found: dict[str, int] = await real()
+        return found
+
+    monkeypatch.setattr(store, "count_registrations_by_provider", counting)
+    monkeypatch.setattr(gateway.app[EXECUTOR].store, "count_registrations_by_provider", counting)
+    await wait_until(lambda: len(counts) >= 1, within=10, what="a background count")
+    before = len(counts)
+    for _ in range(50):
+        assert (await gateway.get("/metrics")).status == 200
+    # Fifty scrapes; the background may have counted a few times meanwhile,
+    # never once a scrape.
+    assert len(counts) - before < 50
+
+
+async def test_metrics_key_is_required_when_set(aiohttp_client, settings, db):
+    client = await aiohttp_client(create_app(replace(settings, metrics_token=METRICS_KEY)))
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-key-of-enough-length"},
+        {"Authorization": f"Basic {METRICS_KEY}"},
+        {"Authorization": f"Bearer {METRICS_KEY}x"},
+    ):
+        response = await client.get("/metrics", headers=headers)
+        assert response.status == 401, headers
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert b"gateway_" not in await response.read()
+    response = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"})
+    assert response.status == 200
+    assert "gateway_http_requests_total" in await response.text()
+
+
+def test_metrics_key_must_be_long_visible_ascii():
+    with pytest.raises(ConfigError, match="GATEWAY_METRICS_TOKEN"):
+        Settings.from_env({"GATEWAY_METRICS_TOKEN": "short"})
+    with pytest.raises(ConfigError, match="GATEWAY_METRICS_TOKEN"):
+        Settings.from_env({"GATEWAY_METRICS_TOKEN": "has a space in it, sixteen+"})
+    assert Settings.from_env({"GATEWAY_METRICS_TOKEN": METRICS_KEY}).metrics_token == METRICS_KEY
+    assert Settings.from_env({}).metrics_token is None
+
+
+# ------------------------------------------------------------------ 2. fan-out readers
+
+
+async def test_stalled_fan_out_readers_leave_the_public_writes_their_connections(
+    aiohttp_client, settings, db
+):
+    users = await seed(db, users=2000, per_user=20)
+    client = await aiohttp_client(
+        create_app(
+            replace(
+                settings,
+                admin_token=ADMIN_KEY,
+                pool_max_size=2,
+                internal_pool_max_size=2,
+                internal_write_timeout=5.0,
+            )
+        )
+    )
+    port = client.server.port
+    assert port is not None
+    token = await new_session(db, "writer")
+    stalled = [await StalledReader.start(port, users) for _ in range(2)]
+    try:
+        assert all(s.first_bytes.startswith(b"HTTP/1.1 200") for s in stalled)
+        # Both internal connections are held by the stalled streams; the two
+        # public ones are not.
+        assert client.app[INTERNAL_STORE].pool_usage()[1] == 0
+        for number in range(5):
+            response = await client.post(
+                "/push_tokens",
+                json={"token": f"fcm-writer-{number}", "type": "gcm", "device_id": f"d{number}"},
+                headers=layer_headers(token),
+            )
+            assert response.status == 202, await response.text()
+        # Cut off after the write timeout, the streams' transactions closed
+        # and their connections back in the internal pool.
+        await wait_until(
+            lambda: client.app[INTERNAL_STORE].pool_usage()[1] == 2,
+            within=30, what="the internal connections to come back",
+        )
+        assert await transactions_left_open(db) == 0
+        for reader in stalled:
+            assert await reader.is_cut_off()
+    finally:
+        for reader in stalled:
+            reader.close()
+
+
+def test_internal_pool_and_write_timeout_settings():
+    settings = Settings.from_env(
+        {"GATEWAY_INTERNAL_POOL_MAX_SIZE": "3", "GATEWAY_INTERNAL_WRITE_TIMEOUT": "2.5"}
+    )
+    assert (settings.internal_pool_max_size, settings.internal_write_timeout) == (3, 2.5)
+    with pytest.raises(ConfigError, match="GATEWAY_INTERNAL_WRITE_TIMEOUT"):
+        Settings.from_env({"GATEWAY_INTERNAL_WRITE_TIMEOUT": "0"})
+    with pytest.raises(ConfigError, match="GATEWAY_INTERNAL_POOL_MAX_SIZE"):
+        Settings.from_env({"GATEWAY_INTERNAL_POOL_MAX_SIZE": "0"})
