@@ -12,6 +12,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway import observability, openapi
 from gateway.config import Settings
+from gateway.connections import CONNECTION_LIMITS, ConnectionLimits, guard_connections
 from gateway.errors import (
     GatewayError,
     InternalError,
@@ -194,12 +195,16 @@ async def health_ready(request: web.Request) -> web.Response:
 def create_app(settings: Settings, limiter: RateLimiter | None = None) -> web.Application:
     """The gateway's app; ``limiter`` is shared by worker processes, else one is made."""
     _answer_protocol_errors_in_dialect()
+    guard_connections()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         # Outermost first: the request id and the metrics see every error response too.
         middlewares=[observability.observe_requests, error_middleware],
     )
     app[SETTINGS] = settings
+    app[CONNECTION_LIMITS] = ConnectionLimits(
+        head=settings.head_timeout, body=settings.body_timeout, keepalive=settings.keepalive_timeout
+    )
     app[RATE_LIMITER] = limiter or RateLimiter(settings.rate_limit, settings.rate_burst)
     app.cleanup_ctx.append(database_ctx)
     app.router.add_get("/health/live", health_live, allow_head=False)

@@ -13,6 +13,8 @@ import asyncio
 import os
 import socket
 import time
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 
 import asyncpg
@@ -135,8 +137,27 @@ class StalledReader:
         self.writer.transport.abort()
 
 
+async def dribble(
+    writer: asyncio.StreamWriter,
+    data: bytes,
+    pace: float,
+    on_byte: Callable[[], object] = lambda: None,
+) -> None:
+    """Send ``data`` a byte every ``pace`` seconds, until done or the peer hangs up."""
+    with suppress(ConnectionError):
+        for byte in data:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            on_byte()
+            await asyncio.sleep(pace)
+
+
 class SlowLoris:
-    """Sends a request a byte at a time, a byte every ``pace`` seconds, never finishing it."""
+    """Sends ``request`` a byte every ``pace`` seconds, then waits; notes when the gateway hangs up.
+
+    ``closed_after`` is the time from the connection opening to its end, None
+    while it lasts; ``answer`` what the gateway sent before it closed.
+    """
 
     def __init__(self, port: int, request: bytes, pace: float) -> None:
         self.port = port
@@ -144,28 +165,30 @@ class SlowLoris:
         self.pace = pace
         self.closed_after: float | None = None
         self.sent = 0
+        self.answer = b""
 
     async def run(self) -> None:
-        try:
-            _, writer = await raw_connection(self.port)
-        except OSError:
-            return
+        reader, writer = await raw_connection(self.port)
         started = time.monotonic()
+        dribble = asyncio.create_task(self._dribble(writer))
         try:
-            for byte in self.request:
-                writer.write(bytes([byte]))
-                await writer.drain()
-                self.sent += 1
-                await asyncio.sleep(self.pace)
-                if writer.transport.is_closing():
-                    break
-            # Every byte went: the gateway is waiting for the rest.
-            await asyncio.sleep(3600)
-        except (ConnectionError, OSError):
+            while chunk := await reader.read(65536):
+                self.answer += chunk
+        except ConnectionError:
             pass
         finally:
             self.closed_after = time.monotonic() - started
+            dribble.cancel()
+            with suppress(asyncio.CancelledError):
+                await dribble
             writer.transport.abort()
+
+    async def _dribble(self, writer: asyncio.StreamWriter) -> None:
+        def count() -> None:
+            self.sent += 1
+
+        await dribble(writer, self.request, self.pace, count)
+
 
 
 # ------------------------------------------------------------------ 1. /metrics
@@ -309,3 +332,120 @@ def test_internal_pool_and_write_timeout_settings():
         Settings.from_env({"GATEWAY_INTERNAL_WRITE_TIMEOUT": "0"})
     with pytest.raises(ConfigError, match="GATEWAY_INTERNAL_POOL_MAX_SIZE"):
         Settings.from_env({"GATEWAY_INTERNAL_POOL_MAX_SIZE": "0"})
+
+
+# ------------------------------------------------------------------ 3. slow and idle clients
+
+# A request head long enough to take a while at a byte per PACE seconds.
+SLOW_HEAD = b"GET /health/live HTTP/1.1\r\nHost: gateway\r\nX-Padding: " + b"a" * 200 + b"\r\n\r\n"
+PACE = 0.02
+
+
+@pytest.fixture
+async def strict(
+    aiohttp_client: ClientFactory, settings: Settings, db: asyncpg.Connection
+) -> TestClient:  # type: ignore[type-arg]
+    """The gateway with short limits: heads 0.5 s, bodies 0.5 s, idle connections 1 s."""
+    return await aiohttp_client(
+        create_app(replace(settings, head_timeout=0.5, body_timeout=0.5, keepalive_timeout=1.0))
+    )
+
+
+def port_of(client: TestClient) -> int:  # type: ignore[type-arg]
+    port = client.server.port
+    assert port is not None
+    return port
+
+
+async def test_a_head_sent_a_byte_at_a_time_is_cut_off_at_the_head_timeout(strict):
+    loris = SlowLoris(port_of(strict), SLOW_HEAD, PACE)
+    # Without a head timeout this would last until aiohttp's idle limit, an hour.
+    await asyncio.wait_for(loris.run(), 10)
+    assert loris.closed_after is not None
+    assert 0.5 <= loris.closed_after < 5
+    assert loris.sent < len(SLOW_HEAD)
+    assert loris.answer == b""
+
+
+async def test_a_body_that_trickles_is_cut_off_at_the_body_timeout(strict, db):
+    token = await new_session(db, "slow")
+    body = orjson.dumps({"token": "fcm-slow-body-0001", "type": "gcm", "device_id": "slow"})
+    head = (
+        b"POST /push_tokens HTTP/1.1\r\nHost: gateway\r\n"
+        b"Accept: application/vnd.layer+json; version=1.0\r\n"
+        b'Authorization: Layer session-token="' + token.encode() + b'"\r\n'
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    reader, writer = await raw_connection(port_of(strict))
+    writer.write(head)
+    await writer.drain()
+    started = time.monotonic()
+    loris = asyncio.create_task(dribble(writer, body, PACE))
+    try:
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        loris.cancel()
+        writer.transport.abort()
+    elapsed = time.monotonic() - started
+    assert 0.5 <= elapsed < 5
+    # Cut off before it could be written.
+    assert not answer.startswith(b"HTTP/1.1 202")
+    assert await db.fetchval("SELECT count(*) FROM registrations") == 0
+
+
+async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(strict):
+    reader, writer = await raw_connection(port_of(strict))
+    try:
+        writer.write(b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        await writer.drain()
+        answered = time.monotonic()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        idle = time.monotonic() - answered
+    finally:
+        writer.transport.abort()
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert 1.0 <= idle < 5
+
+
+async def test_requests_that_arrive_in_good_time_keep_their_connection(strict):
+    reader, writer = await raw_connection(port_of(strict))
+    try:
+        for _ in range(6):
+            # The head in two pieces, well inside the head timeout; the idle
+            # gaps well inside the keep-alive timeout.
+            writer.write(b"GET /health/live HTTP/1.1\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.write(b"Host: gateway\r\n\r\n")
+            await writer.drain()
+            status = await asyncio.wait_for(reader.readline(), 5)
+            assert status.startswith(b"HTTP/1.1 200"), status
+            length = 0
+            while (line := await reader.readline()) != b"\r\n":
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            await asyncio.sleep(0.3)
+    finally:
+        writer.transport.abort()
+
+
+def test_client_timeouts_are_settings():
+    settings = Settings.from_env(
+        {
+            "GATEWAY_HEAD_TIMEOUT": "3",
+            "GATEWAY_BODY_TIMEOUT": "7.5",
+            "GATEWAY_KEEPALIVE_TIMEOUT": "20",
+        }
+    )
+    assert (settings.head_timeout, settings.body_timeout, settings.keepalive_timeout) == (
+        3, 7.5, 20
+    )
+    defaults = Settings.from_env({})
+    assert (defaults.head_timeout, defaults.body_timeout, defaults.keepalive_timeout) == (
+        10, 30, 30
+    )
+    for name in ("GATEWAY_HEAD_TIMEOUT", "GATEWAY_BODY_TIMEOUT", "GATEWAY_KEEPALIVE_TIMEOUT"):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: "0"})
