@@ -13,10 +13,11 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable
-from contextlib import suppress
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field, replace
 
+import aiohttp
 import asyncpg
 import orjson
 import pytest
@@ -26,9 +27,16 @@ from gateway.app import create_app
 from gateway.commands import SessionRef
 from gateway.config import ConfigError, Settings
 from gateway.keys import EXECUTOR, INTERNAL_STORE
+from gateway.store import apply_schema
 from tests.conftest import ClientFactory, layer_headers
 from tests.faults_support import (
+    BIND,
+    Figures,
+    PrivatePostgres,
+    client_session,
+    describe_durations,
     registrations_locked,
+    running_gateway,
     wait_until,
 )
 
@@ -159,10 +167,12 @@ class SlowLoris:
     while it lasts; ``answer`` what the gateway sent before it closed.
     """
 
-    def __init__(self, port: int, request: bytes, pace: float) -> None:
+    def __init__(self, port: int, request: bytes, pace: float, at_once: bytes = b"") -> None:
         self.port = port
         self.request = request
         self.pace = pace
+        # Sent in one piece before the dribble: a head, for a slow body.
+        self.at_once = at_once
         self.closed_after: float | None = None
         self.sent = 0
         self.answer = b""
@@ -170,6 +180,7 @@ class SlowLoris:
     async def run(self) -> None:
         reader, writer = await raw_connection(self.port)
         started = time.monotonic()
+        writer.write(self.at_once)
         dribble = asyncio.create_task(self._dribble(writer))
         try:
             while chunk := await reader.read(65536):
@@ -449,3 +460,309 @@ def test_client_timeouts_are_settings():
     for name in ("GATEWAY_HEAD_TIMEOUT", "GATEWAY_BODY_TIMEOUT", "GATEWAY_KEEPALIVE_TIMEOUT"):
         with pytest.raises(ConfigError, match=name):
             Settings.from_env({name: "0"})
+
+
+# ------------------------------------------------------------------ under load, as a process
+
+FIGURES = Figures("abuse figures")
+
+# Registrations in the stress database: at this size the old per-scrape count
+# took tens of milliseconds of a pooled connection.
+STRESS_USERS = 8000
+STRESS_PER_USER = 25
+WRITERS = 16
+BASELINE_SECONDS = 3.0
+ABUSE_SECONDS = 8.0
+
+
+@pytest.fixture(scope="module")
+def figures(request: pytest.FixtureRequest) -> Figures:
+    FIGURES.attach(request.config, "abuse-figures")
+    return FIGURES
+
+
+@dataclass
+class StressDatabase:
+    server: PrivatePostgres
+    users: list[str]
+
+    @property
+    def dsn(self) -> str:
+        return self.server.dsn
+
+
+@pytest.fixture(scope="module")
+def stress_db() -> Iterator[StressDatabase]:
+    server = PrivatePostgres()
+
+    async def prepare() -> list[str]:
+        await apply_schema(server.dsn)
+        connection = await asyncpg.connect(server.dsn)
+        try:
+            return await seed(connection, STRESS_USERS, STRESS_PER_USER)
+        finally:
+            await connection.close()
+
+    try:
+        yield StressDatabase(server, asyncio.run(prepare()))
+    finally:
+        server.destroy()
+
+
+@dataclass
+class WriteLoad:
+    """WRITERS clients, each with its own session, alternating Layer register and Navixy bind."""
+
+    url: str
+    dsn: str
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"layer": [], "navixy": []})
+    statuses: dict[int | str, int] = field(default_factory=dict)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        connection = await asyncpg.connect(self.dsn)
+        try:
+            tokens = [await new_session(connection, f"writer-{n}") for n in range(WRITERS)]
+        finally:
+            await connection.close()
+        async with client_session(timeout=30) as http:
+            await asyncio.gather(*(self._writer(http, n, t) for n, t in enumerate(tokens)))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def window(self) -> WriteLoad:
+        """Forget what was measured so far: the figures from now on."""
+        self.latencies = {"layer": [], "navixy": []}
+        self.statuses = {}
+        return self
+
+    async def _writer(self, http: aiohttp.ClientSession, number: int, token: str) -> None:
+        sequence = 0
+        while not self._stop.is_set():
+            sequence += 1
+            dialect = "layer" if sequence % 2 else "navixy"
+            started = time.monotonic()
+            try:
+                if dialect == "layer":
+                    request = http.post(
+                        f"{self.url}/push_tokens",
+                        json={
+                            "token": f"fcm-w{number}-{sequence}",
+                            "type": "gcm",
+                            "device_id": f"device-{sequence % 5}",
+                        },
+                        headers=layer_headers(token),
+                    )
+                else:
+                    request = http.post(
+                        f"{self.url}{BIND}",
+                        json={
+                            "hash": token,
+                            "application": "navixy_android_viewer",
+                            "token": f"fcm-n{number}-{sequence}",
+                        },
+                    )
+                async with request as response:
+                    await response.read()
+                    status: int | str = response.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status = type(exc).__name__
+            self.latencies[dialect].append(time.monotonic() - started)
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+
+    def non_2xx(self) -> dict[int | str, int]:
+        return {s: n for s, n in self.statuses.items() if not (isinstance(s, int) and s < 300)}
+
+    def answered_2xx(self) -> int:
+        return sum(n for s, n in self.statuses.items() if isinstance(s, int) and s < 300)
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "layer": describe_durations(self.latencies["layer"]),
+            "navixy": describe_durations(self.latencies["navixy"]),
+            "2xx": str(self.answered_2xx()),
+            "other": str(self.non_2xx() or "none"),
+        }
+
+
+@asynccontextmanager
+async def write_load(url: str, dsn: str) -> AsyncIterator[WriteLoad]:
+    load = WriteLoad(url, dsn)
+    task = asyncio.create_task(load.run())
+    try:
+        yield load
+    finally:
+        load.stop()
+        await task
+
+
+async def measure(load: WriteLoad, seconds: float) -> dict[str, str]:
+    load.window()
+    await asyncio.sleep(seconds)
+    return load.describe()
+
+
+def stress_environment(**extra: str) -> dict[str, str]:
+    return {"GATEWAY_ADMIN_TOKEN": ADMIN_KEY, **extra}
+
+
+@pytest.mark.stress
+async def test_writes_stay_2xx_while_32_scrapers_hammer_metrics(
+    stress_db: StressDatabase, tmp_path, figures: Figures
+):
+    scrapes: list[float] = []
+    async with running_gateway(
+        stress_db.dsn, tmp_path, workers=2, environment=stress_environment()
+    ) as gateway, write_load(gateway.url, stress_db.dsn) as load:
+        baseline = await measure(load, BASELINE_SECONDS)
+        stop = asyncio.Event()
+
+        async def scraper(http: aiohttp.ClientSession) -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                async with http.get(f"{gateway.url}/metrics") as response:
+                    await response.read()
+                    assert response.status == 200
+                scrapes.append(time.monotonic() - started)
+
+        async with client_session(timeout=60) as http:
+            scrapers = [asyncio.create_task(scraper(http)) for _ in range(32)]
+            try:
+                abused = await measure(load, ABUSE_SECONDS)
+            finally:
+                stop.set()
+                await asyncio.gather(*scrapers)
+        assert load.non_2xx() == {}, abused
+        assert load.answered_2xx() > 0
+    figures.add(
+        "32 concurrent /metrics scrapers",
+        registrations=STRESS_USERS * STRESS_PER_USER,
+        writes_before=baseline,
+        writes_during=abused,
+        scrapes=describe_durations(scrapes),
+    )
+
+
+@pytest.mark.stress
+async def test_writes_stay_2xx_while_8_fan_out_readers_stall(
+    stress_db: StressDatabase, tmp_path, figures: Figures
+):
+    write_timeout = 3.0
+    # One worker with the default public pool of 8: eight stalled streams on
+    # that pool would leave the writes none.
+    async with running_gateway(
+        stress_db.dsn,
+        tmp_path,
+        workers=1,
+        environment=stress_environment(GATEWAY_INTERNAL_WRITE_TIMEOUT=str(write_timeout)),
+    ) as gateway, write_load(gateway.url, stress_db.dsn) as load:
+        baseline = await measure(load, BASELINE_SECONDS)
+        port = int(gateway.url.rsplit(":", 1)[1])
+        monitor = await asyncpg.connect(stress_db.dsn)
+        started = time.monotonic()
+        stalled = await asyncio.gather(
+            *(StalledReader.start(port, stress_db.users) for _ in range(8))
+        )
+        try:
+            streaming = sum(s.first_bytes.startswith(b"HTTP/1.1 200") for s in stalled)
+
+            async def until_closed() -> float:
+                # From the readers' start: their streams stall once the
+                # sockets' buffers are full, then the write timeout runs.
+                await wait_until(
+                    lambda: transactions_none_open(monitor),
+                    within=write_timeout + 30, interval=0.1,
+                    what="the stalled streams' transactions to close",
+                )
+                return time.monotonic() - started
+
+            closing = asyncio.create_task(until_closed())
+            abused = await measure(load, ABUSE_SECONDS)
+            assert load.non_2xx() == {}, abused
+            assert load.answered_2xx() > 0
+            closed_after = await closing
+            streams = [s for s in stalled if s.first_bytes.startswith(b"HTTP/1.1 200")]
+            cut = sum(await asyncio.gather(*(s.is_cut_off() for s in streams)))
+        finally:
+            await monitor.close()
+            for reader in stalled:
+                reader.close()
+    # A worker's internal pool (4) may be full when the kernel hands it a 5th
+    # stream: that one is refused, the public writes untouched.
+    refused = [s.first_bytes.split(b"\r\n", 1)[0] for s in stalled if s not in streams]
+    assert all(line == b"HTTP/1.1 503 Service Unavailable" for line in refused), refused
+    assert streaming >= 4
+    assert cut == streaming
+    figures.add(
+        "8 stalled /internal/v1/targets readers",
+        audience=f"{len(stress_db.users)} users, {len(stress_db.users) * STRESS_PER_USER} rows",
+        streams_started=streaming,
+        writes_before=baseline,
+        writes_during=abused,
+        every_transaction_closed_after=f"{closed_after:.1f} s (write timeout {write_timeout:g} s)",
+        readers_cut_off=cut,
+        refused_503_internal_pool_full=len(refused),
+    )
+
+
+async def transactions_none_open(connection: asyncpg.Connection) -> bool:
+    return await transactions_left_open(connection) == 0
+
+
+@pytest.mark.stress
+async def test_writes_stay_2xx_while_slow_loris_sockets_trickle(
+    stress_db: StressDatabase, tmp_path, figures: Figures
+):
+    head_timeout, body_timeout, keepalive = 2.0, 2.0, 3.0
+    token = os.urandom(16).hex()
+    body = orjson.dumps({"token": "fcm-loris", "type": "gcm", "device_id": "loris"})
+    body_head = (
+        b"POST /push_tokens HTTP/1.1\r\nHost: gateway\r\n"
+        b'Authorization: Layer session-token="' + token.encode() + b'"\r\n'
+        b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+    )
+    async with running_gateway(
+        stress_db.dsn,
+        tmp_path,
+        workers=2,
+        environment=stress_environment(
+            GATEWAY_HEAD_TIMEOUT=str(head_timeout),
+            GATEWAY_BODY_TIMEOUT=str(body_timeout),
+            GATEWAY_KEEPALIVE_TIMEOUT=str(keepalive),
+        ),
+    ) as gateway, write_load(gateway.url, stress_db.dsn) as load:
+        baseline = await measure(load, BASELINE_SECONDS)
+        port = int(gateway.url.rsplit(":", 1)[1])
+        # A byte every half second: heads, bodies, and connections that say nothing.
+        lorises = (
+            [SlowLoris(port, SLOW_HEAD, 0.5) for _ in range(400)]
+            + [SlowLoris(port, body * 100, 0.5, at_once=body_head) for _ in range(200)]
+            + [SlowLoris(port, b"", 0.5) for _ in range(200)]
+        )
+        tasks = [asyncio.create_task(loris.run()) for loris in lorises]
+        try:
+            abused = await measure(load, ABUSE_SECONDS)
+            assert load.non_2xx() == {}, abused
+            assert load.answered_2xx() > 0
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        finally:
+            for task in tasks:
+                task.cancel()
+    closed = [loris.closed_after for loris in lorises if loris.closed_after is not None]
+    assert len(closed) == len(lorises)
+    heads = [loris.closed_after or 0 for loris in lorises[:400]]
+    bodies = [loris.closed_after or 0 for loris in lorises[400:600]]
+    idle = [loris.closed_after or 0 for loris in lorises[600:]]
+    # A slow head may not outlive its limit by much, nor an idle connection.
+    assert max(heads) < head_timeout + 5
+    assert max(idle) < keepalive + 5
+    figures.add(
+        "800 slow-loris sockets (400 heads, 200 bodies, 200 silent; a byte each 0.5 s)",
+        limits=f"head {head_timeout:g} s, body {body_timeout:g} s, idle {keepalive:g} s",
+        writes_before=baseline,
+        writes_during=abused,
+        heads_closed_after=describe_durations(heads),
+        bodies_closed_after=describe_durations(bodies),
+        silent_closed_after=describe_durations(idle),
+    )
