@@ -159,6 +159,10 @@ class RequestCollector(Collector):
         yield latency
 
 
+# Scrapes within this many seconds of a rendering get the same text.
+RENDER_INTERVAL = 1.0
+
+
 class Metrics:
     """The app's own registry, so that several apps in one process keep separate counts.
 
@@ -212,6 +216,8 @@ class Metrics:
         # A request's labels are worked out once per route and status; after
         # that it pays one dict lookup.
         self._stats: dict[Hashable, RouteStats] = {}
+        # When the text was last rendered, and the text.
+        self._rendered: tuple[float, bytes] | None = None
 
     def observe_request(self, request: web.Request, status: int, seconds: float) -> None:
         resource = request.match_info.route.resource
@@ -230,6 +236,20 @@ class Metrics:
         dialect = dialect_of(route if route != UNMATCHED_ROUTE else request.path)
         # Resources with the same template share its stats.
         return self.requests.stats.setdefault((route, dialect, str(status)), RouteStats())
+
+    def render(self, app: web.Application) -> bytes:
+        """The exposition text, rendered at most once per RENDER_INTERVAL.
+
+        Rendering costs milliseconds of CPU once the routes and statuses add
+        up; scrapers in a loop would take it from the writes. Prometheus
+        scrapes every few seconds, so a text a second old loses nothing.
+        """
+        now = time.monotonic()
+        interval = min(RENDER_INTERVAL, app[SETTINGS].metrics_refresh_seconds)
+        if self._rendered is None or now - self._rendered[0] >= interval:
+            self.read_pools(app)
+            self._rendered = (now, generate_latest(self.registry))
+        return self._rendered[1]
 
     def read_pools(self, app: web.Application) -> None:
         """The pools' figures at scrape time, from the pools themselves: no query."""
@@ -321,10 +341,8 @@ async def serve_metrics(request: web.Request) -> web.Response:
             headers={"WWW-Authenticate": 'Bearer realm="gateway-metrics"'},
         )
     metrics = request.app[METRICS]
-    metrics.read_pools(request.app)
     return web.Response(
-        body=generate_latest(metrics.registry),
-        headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4},
+        body=metrics.render(request.app), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4}
     )
 
 
