@@ -16,13 +16,16 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import aiohttp
 import asyncpg
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client import exposition
 
+from gateway import observability
 from gateway.app import create_app
 from gateway.commands import SessionRef
 from gateway.config import ConfigError, Settings
@@ -258,6 +261,23 @@ async def test_scrapes_do_not_count_the_table(gateway, db, monkeypatch):
     # Fifty scrapes; the background may have counted a few times meanwhile,
     # never once a scrape.
     assert len(counts) - before < 50
+
+
+async def test_scrapes_in_a_loop_render_the_text_once_a_second(client, monkeypatch):
+    renders: list[float] = []
+    real = exposition.generate_latest
+
+    def counting(registry: Any) -> bytes:
+        renders.append(time.monotonic())
+        rendered: bytes = real(registry)
+        return rendered
+
+    monkeypatch.setattr("gateway.observability.generate_latest", counting)
+    started = time.monotonic()
+    texts = {await (await client.get("/metrics")).read() for _ in range(50)}
+    elapsed = time.monotonic() - started
+    assert len(renders) <= 1 + elapsed / observability.RENDER_INTERVAL
+    assert len(texts) == len(renders)
 
 
 async def test_metrics_key_is_required_when_set(aiohttp_client, settings, db):
