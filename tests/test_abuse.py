@@ -765,6 +765,7 @@ async def test_writes_stay_2xx_while_slow_loris_sockets_trickle(
     body = orjson.dumps({"token": "fcm-loris", "type": "gcm", "device_id": "loris"})
     body_head = (
         b"POST /push_tokens HTTP/1.1\r\nHost: gateway\r\n"
+        b"Accept: application/vnd.layer+json; version=1.0\r\n"
         b'Authorization: Layer session-token="' + token.encode() + b'"\r\n'
         b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
     )
