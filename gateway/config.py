@@ -134,6 +134,9 @@ class Settings:
     # A fan-out reader that takes no bytes for this long is cut off, its
     # cursor and transaction closed.
     internal_write_timeout: float = 10.0
+    # The longest a fan-out stream (and the transaction under it) may last,
+    # however steadily its reader reads.
+    internal_stream_timeout: float = 300.0
     # Slow and idle clients: the longest a request's head may take to arrive
     # (from its first byte), its body (from the end of the head), and an idle
     # kept-alive connection may wait for its next request.
@@ -166,6 +169,9 @@ class Settings:
             metrics_refresh_seconds=_positive(env, "GATEWAY_METRICS_REFRESH_SECONDS", 5.0, 3600),
             internal_pool_max_size=_int(env, "GATEWAY_INTERNAL_POOL_MAX_SIZE", 4, 1, 100),
             internal_write_timeout=_positive(env, "GATEWAY_INTERNAL_WRITE_TIMEOUT", 10.0, 3600),
+            internal_stream_timeout=_positive(
+                env, "GATEWAY_INTERNAL_STREAM_TIMEOUT", 300.0, 24 * 3600
+            ),
             head_timeout=_positive(env, "GATEWAY_HEAD_TIMEOUT", 10.0, 3600),
             body_timeout=_positive(env, "GATEWAY_BODY_TIMEOUT", 30.0, 3600),
             keepalive_timeout=_positive(env, "GATEWAY_KEEPALIVE_TIMEOUT", 30.0, 3600),

@@ -354,11 +354,60 @@ async def test_stalled_fan_out_readers_leave_the_public_writes_their_connections
             reader.close()
 
 
+async def test_a_fan_out_read_slowly_is_cut_off_at_the_stream_timeout(
+    aiohttp_client, settings, db
+):
+    users = await seed(db, users=2000, per_user=20)
+    client = await aiohttp_client(
+        create_app(
+            replace(
+                settings,
+                admin_token=ADMIN_KEY,
+                internal_write_timeout=10.0,
+                internal_stream_timeout=1.5,
+            )
+        )
+    )
+    pool = client.app[INTERNAL_STORE]
+    started = time.monotonic()
+    reader = await StalledReader.start(port_of(client), users)
+    size, idle, _ = pool.pool_usage()
+    assert idle < size, "the stream holds an internal connection"
+
+    async def read_slowly() -> None:
+        # Steadily, ~80 KB/s: no write waits anywhere near the write timeout,
+        # and the whole answer (~8 MB) would take well over a minute.
+        with suppress(ConnectionError):
+            while True:
+                if not await reader.reader.read(8192):
+                    return
+                await asyncio.sleep(0.1)
+
+    reading = asyncio.create_task(read_slowly())
+    try:
+        await wait_until(
+            lambda: pool.pool_usage()[1] == pool.pool_usage()[0],
+            within=30, what="the stream to give its connection back",
+        )
+        elapsed = time.monotonic() - started
+        assert not reading.done(), "the answer was read to its end"
+        assert await transactions_left_open(db) == 0
+    finally:
+        reading.cancel()
+        reader.close()
+    # The cut comes at the first write after the deadline.
+    assert 1.5 <= elapsed < 10
+
+
 def test_internal_pool_and_write_timeout_settings():
     settings = Settings.from_env(
         {"GATEWAY_INTERNAL_POOL_MAX_SIZE": "3", "GATEWAY_INTERNAL_WRITE_TIMEOUT": "2.5"}
     )
     assert (settings.internal_pool_max_size, settings.internal_write_timeout) == (3, 2.5)
+    assert Settings.from_env({}).internal_stream_timeout == 300
+    assert Settings.from_env(
+        {"GATEWAY_INTERNAL_STREAM_TIMEOUT": "60"}
+    ).internal_stream_timeout == 60
     with pytest.raises(ConfigError, match="GATEWAY_INTERNAL_WRITE_TIMEOUT"):
         Settings.from_env({"GATEWAY_INTERNAL_WRITE_TIMEOUT": "0"})
     with pytest.raises(ConfigError, match="GATEWAY_INTERNAL_POOL_MAX_SIZE"):

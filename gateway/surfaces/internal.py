@@ -350,13 +350,20 @@ async def find_targets(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse()
     response.content_type = NDJSON
     store = request.app[INTERNAL_STORE]
-    write_timeout = request.app[SETTINGS].internal_write_timeout
+    settings = request.app[SETTINGS]
+    write_timeout = settings.internal_write_timeout
+    loop = asyncio.get_running_loop()
+    # The transaction's snapshot holds back vacuum for as long as the stream
+    # lasts, so even a sender that keeps reading, slowly, gets this long.
+    last_write = loop.time() + settings.internal_stream_timeout
 
     async def send(chunk: bytes) -> None:
         # A write waits only while the sender's socket is full: a sender that
         # stops reading would otherwise hold the cursor and its transaction
         # open for as long as it likes.
-        async with asyncio.timeout(write_timeout):
+        if loop.time() >= last_write:
+            raise TimeoutError
+        async with asyncio.timeout_at(min(loop.time() + write_timeout, last_write)):
             await response.write(chunk)
 
     async with contextlib.aclosing(store.find_targets(query)) as batches:
@@ -384,7 +391,11 @@ async def find_targets(request: web.Request) -> web.StreamResponse:
             _cut(request)
             return response
         except TimeoutError:
-            log.info("fan-out cut off: the sender read nothing for %.0f s", write_timeout)
+            log.info(
+                "fan-out cut off: the sender read nothing for %g s, or the stream outlasted %g s",
+                write_timeout,
+                settings.internal_stream_timeout,
+            )
             _cut(request)
             return response
         except Exception:
