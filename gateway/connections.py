@@ -59,6 +59,9 @@ class GuardedRequestHandler(RequestHandler):
         # The payload of the request whose body is still arriving.
         self._body: StreamReader | None = None
 
+    # _request_count, _messages, _close and _force_close are aiohttp's own
+    # state, read here by its subclass; tests/test_abuse.py pins the behaviour
+    # on every aiohttp the gateway installs.
     def data_received(self, data: bytes) -> None:
         limits = self._limits
         if limits is None or not data:

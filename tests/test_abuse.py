@@ -3,8 +3,9 @@ idle clients.
 
 The first tests run the app in-process and pin each mechanism; the `stress`
 ones run the gateway as `python -m gateway serve` on a private PostgreSQL
-seeded with 100,000+ registrations, run the abuse, and measure Layer and
-Navixy write latency meanwhile (printed with the fault tests' figures).
+seeded with 200,000 registrations, run the abuse, and measure Layer and
+Navixy write latency before and during it (printed as "abuse figures" at the
+end of the run, the way the fault tests print theirs).
 """
 
 from __future__ import annotations
@@ -75,9 +76,9 @@ async def seed(
     return [f"{prefix}-{i}" for i in range(1, users + 1)]
 
 
-async def new_session(dsn_or_db: asyncpg.Connection, user: str) -> str:
+async def new_session(db: asyncpg.Connection, user: str) -> str:
     token = os.urandom(16).hex()
-    await dsn_or_db.execute(
+    await db.execute(
         "INSERT INTO sessions (token_sha256, user_id, expires_at)"
         " VALUES ($1, $2, now() + interval '1 day')",
         SessionRef.from_token(token).token_sha256,
