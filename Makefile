@@ -39,9 +39,10 @@ test: $(INSTALLED) $(SDK_HARNESS) ## run the test suite on a throwaway database
 
 # Also part of `make test` (25 s on a quiet machine, up to a minute under
 # load): the database stopped, frozen and crashed, the gateway terminated and
-# killed under load, a flood past its write queue.
+# killed under load, a flood past its write queue; and the abuse that must not
+# starve the writes (tests/test_abuse.py).
 stress: $(INSTALLED) ## only the fault-tolerance tests with real processes; prints the figures
-	$(PY) -m pytest -m stress tests/test_faults.py
+	$(PY) -m pytest -m stress tests/test_faults.py tests/test_abuse.py
 
 # bench's scripts import each other as top-level modules (they run with bench/ on the
 # path), so mypy checks them in a run of their own.

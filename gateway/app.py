@@ -12,6 +12,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway import docs, observability, openapi
 from gateway.config import Settings
+from gateway.connections import CONNECTION_LIMITS, ConnectionLimits, guard_connections
 from gateway.errors import (
     GatewayError,
     InternalError,
@@ -21,7 +22,7 @@ from gateway.errors import (
     UnknownEndpoint,
 )
 from gateway.executor import Executor, GroupCommitter
-from gateway.keys import EXECUTOR, RATE_LIMITER, SETTINGS
+from gateway.keys import EXECUTOR, INTERNAL_STORE, RATE_LIMITER, SETTINGS
 from gateway.layer_auth import identity_verifier
 from gateway.ratelimit import RateLimiter
 from gateway.store import Store, create_pool
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 # Expired sessions stop working at once (every query checks expires_at); this
 # only reclaims their rows, and their registrations with them.
 PURGE_INTERVAL_SECONDS = 60
+
+# How much longer than GATEWAY_INTERNAL_WRITE_TIMEOUT the database lets an
+# internal transaction sit idle: the gateway cuts a stalled stream first.
+INTERNAL_IDLE_MARGIN = 10.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -139,7 +144,22 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = await create_pool(
         settings.database_url, min_size=settings.pool_min_size, max_size=settings.pool_max_size
     )
+    try:
+        # The senders' API streams through a pool of its own, so however many
+        # fan-outs stall, the public dialects keep every connection of theirs.
+        # The server ends a transaction a stalled stream left open, should the
+        # gateway's own write timeout not have.
+        internal_pool = await create_pool(
+            settings.database_url,
+            min_size=1,
+            max_size=settings.internal_pool_max_size,
+            idle_transaction_timeout=settings.internal_write_timeout + INTERNAL_IDLE_MARGIN,
+        )
+    except BaseException:
+        await pool.close()
+        raise
     store = Store(pool)
+    app[INTERNAL_STORE] = Store(internal_pool, sessions=store.sessions)
     writer = GroupCommitter(store, max_pending=settings.max_pending_writes)
     writer.start()
     app[EXECUTOR] = Executor(store, writer, app[RATE_LIMITER], identity_verifier(settings))
@@ -152,6 +172,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
             await purger
         await writer.close()
         await pool.close()
+        await internal_pool.close()
 
 
 async def health_live(request: web.Request) -> web.Response:
@@ -175,12 +196,16 @@ async def health_ready(request: web.Request) -> web.Response:
 def create_app(settings: Settings, limiter: RateLimiter | None = None) -> web.Application:
     """The gateway's app; ``limiter`` is shared by worker processes, else one is made."""
     _answer_protocol_errors_in_dialect()
+    guard_connections()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         # Outermost first: the request id and the metrics see every error response too.
         middlewares=[observability.observe_requests, error_middleware],
     )
     app[SETTINGS] = settings
+    app[CONNECTION_LIMITS] = ConnectionLimits(
+        head=settings.head_timeout, body=settings.body_timeout, keepalive=settings.keepalive_timeout
+    )
     app[RATE_LIMITER] = limiter or RateLimiter(settings.rate_limit, settings.rate_burst)
     app.cleanup_ctx.append(database_ctx)
     app.router.add_get("/health/live", health_live, allow_head=False)

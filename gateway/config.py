@@ -56,6 +56,14 @@ def _float(env: Mapping[str, str], name: str, default: float, maximum: float) ->
     return value
 
 
+def _positive(env: Mapping[str, str], name: str, default: float, maximum: float) -> float:
+    """Seconds: a bound of 0 would close every connection at once, so 0 is refused."""
+    value = _float(env, name, default, maximum)
+    if value <= 0:
+        raise ConfigError(f"{name} must be more than 0 seconds, got {value}")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -83,15 +91,15 @@ def _categories(env: Mapping[str, str]) -> frozenset[str]:
 ADMIN_TOKEN_MIN_LENGTH = 16
 
 
-def _admin_token(env: Mapping[str, str]) -> str | None:
-    raw = env.get("GATEWAY_ADMIN_TOKEN")
+def _admin_token(env: Mapping[str, str], name: str = "GATEWAY_ADMIN_TOKEN") -> str | None:
+    raw = env.get(name)
     if raw is None or raw == "":
         return None
     # A Bearer credential is one run of visible ASCII: anything else could
     # never be sent back in an Authorization header.
     if len(raw) < ADMIN_TOKEN_MIN_LENGTH or not all("!" <= ch <= "~" for ch in raw):
         raise ConfigError(
-            f"GATEWAY_ADMIN_TOKEN must be at least {ADMIN_TOKEN_MIN_LENGTH} visible ASCII"
+            f"{name} must be at least {ADMIN_TOKEN_MIN_LENGTH} visible ASCII"
             " characters without spaces"
         )
     return raw
@@ -167,6 +175,27 @@ class Settings:
     @property
     def layer_auth_configured(self) -> bool:
         return bool(self.layer_identity_keys)
+    # The bearer key of /metrics; None leaves it open, as Prometheus expects
+    # by default.
+    metrics_token: str | None = field(default=None, repr=False)
+    # How often the registrations gauge is recounted, in the background: a
+    # scrape itself never asks the database anything.
+    metrics_refresh_seconds: float = 5.0
+    # The internal API's (and the metrics recount's) own pool: a fan-out can
+    # never take a connection the public dialects need.
+    internal_pool_max_size: int = 4
+    # A fan-out reader that takes no bytes for this long is cut off, its
+    # cursor and transaction closed.
+    internal_write_timeout: float = 10.0
+    # The longest a fan-out stream (and the transaction under it) may last,
+    # however steadily its reader reads.
+    internal_stream_timeout: float = 300.0
+    # Slow and idle clients: the longest a request's head may take to arrive
+    # (from its first byte), its body (from the end of the head), and an idle
+    # kept-alive connection may wait for its next request.
+    head_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -193,6 +222,16 @@ class Settings:
             layer_app_id=env.get("GATEWAY_LAYER_APP_ID") or None,
             layer_provider_id=env.get("GATEWAY_LAYER_PROVIDER_ID") or None,
             layer_identity_keys=_layer_identity_keys(env),
+            metrics_token=_admin_token(env, "GATEWAY_METRICS_TOKEN"),
+            metrics_refresh_seconds=_positive(env, "GATEWAY_METRICS_REFRESH_SECONDS", 5.0, 3600),
+            internal_pool_max_size=_int(env, "GATEWAY_INTERNAL_POOL_MAX_SIZE", 4, 1, 100),
+            internal_write_timeout=_positive(env, "GATEWAY_INTERNAL_WRITE_TIMEOUT", 10.0, 3600),
+            internal_stream_timeout=_positive(
+                env, "GATEWAY_INTERNAL_STREAM_TIMEOUT", 300.0, 24 * 3600
+            ),
+            head_timeout=_positive(env, "GATEWAY_HEAD_TIMEOUT", 10.0, 3600),
+            body_timeout=_positive(env, "GATEWAY_BODY_TIMEOUT", 30.0, 3600),
+            keepalive_timeout=_positive(env, "GATEWAY_KEEPALIVE_TIMEOUT", 30.0, 3600),
         )
         if settings.pool_min_size > settings.pool_max_size:
             raise ConfigError("GATEWAY_POOL_MIN_SIZE must not exceed GATEWAY_POOL_MAX_SIZE")

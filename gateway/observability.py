@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -28,7 +29,8 @@ from prometheus_client.utils import floatToGoString
 
 from gateway.commands import Provider
 from gateway.errors import GatewayError
-from gateway.keys import EXECUTOR
+from gateway.keys import EXECUTOR, INTERNAL_STORE, SETTINGS
+from gateway.store import Store
 from gateway.surfaces import internal, navixy
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,10 @@ class RequestCollector(Collector):
         yield latency
 
 
+# Scrapes within this many seconds of a rendering get the same text.
+RENDER_INTERVAL = 1.0
+
+
 class Metrics:
     """The app's own registry, so that several apps in one process keep separate counts.
 
@@ -190,15 +196,28 @@ class Metrics:
             "The most connections the pool may open.",
             registry=self.registry,
         )
+        self.internal_pool_size = Gauge(
+            "gateway_db_internal_pool_connections",
+            "Connections the internal API's own pool holds open, busy or idle.",
+            registry=self.registry,
+        )
+        self.internal_pool_idle = Gauge(
+            "gateway_db_internal_pool_idle_connections",
+            "Open internal pool connections waiting for work.",
+            registry=self.registry,
+        )
         self.registrations = Gauge(
             "gateway_registrations",
-            "Stored registrations by provider, counted when scraped.",
+            "Stored registrations by provider, recounted in the background every"
+            " GATEWAY_METRICS_REFRESH_SECONDS.",
             ["provider"],
             registry=self.registry,
         )
         # A request's labels are worked out once per route and status; after
         # that it pays one dict lookup.
         self._stats: dict[Hashable, RouteStats] = {}
+        # When the text was last rendered, and the text.
+        self._rendered: tuple[float, bytes] | None = None
 
     def observe_request(self, request: web.Request, status: int, seconds: float) -> None:
         resource = request.match_info.route.resource
@@ -218,8 +237,22 @@ class Metrics:
         # Resources with the same template share its stats.
         return self.requests.stats.setdefault((route, dialect, str(status)), RouteStats())
 
-    async def refresh(self, app: web.Application) -> None:
-        """Read the values that are only known at scrape time: the pool, the registrations."""
+    def render(self, app: web.Application) -> bytes:
+        """The exposition text, rendered at most once per RENDER_INTERVAL.
+
+        Rendering costs milliseconds of CPU once the routes and statuses add
+        up; scrapers in a loop would take it from the writes. Prometheus
+        scrapes every few seconds, so a text a second old loses nothing.
+        """
+        now = time.monotonic()
+        interval = min(RENDER_INTERVAL, app[SETTINGS].metrics_refresh_seconds)
+        if self._rendered is None or now - self._rendered[0] >= interval:
+            self.read_pools(app)
+            self._rendered = (now, generate_latest(self.registry))
+        return self._rendered[1]
+
+    def read_pools(self, app: web.Application) -> None:
+        """The pools' figures at scrape time, from the pools themselves: no query."""
         executor = app.get(EXECUTOR)
         if executor is None:
             return
@@ -227,15 +260,21 @@ class Metrics:
         self.pool_size.set(size)
         self.pool_idle.set(idle)
         self.pool_max.set(maximum)
+        size, idle, _ = app[INTERNAL_STORE].pool_usage()
+        self.internal_pool_size.set(size)
+        self.internal_pool_idle.set(idle)
+
+    async def recount_registrations(self, store: Store) -> bool:
+        """Count the registrations by provider into the gauge; whether the count succeeded."""
         try:
-            counts = await executor.store.count_registrations_by_provider()
+            counts = await store.count_registrations_by_provider()
         except GatewayError:
-            # Better no gauge than a stale one; the rest of the scrape stands.
+            # Better no gauge than a stale one.
             self.registrations.clear()
-            log.warning("counting registrations for /metrics failed", exc_info=True)
-            return
+            return False
         for provider in Provider:
             self.registrations.labels(provider.value).set(counts.get(provider.value, 0))
+        return True
 
 
 METRICS = web.AppKey("metrics", Metrics)
@@ -278,12 +317,32 @@ async def _stamp_streamed_response(request: web.Request, response: StreamRespons
         response.headers[REQUEST_ID_HEADER] = request_id
 
 
+# The digest of GATEWAY_METRICS_TOKEN, or None when /metrics is open.
+METRICS_KEY_DIGEST = web.AppKey("metrics_key_digest", bytes)
+
+_METRICS_KEY_REQUIRED = orjson.dumps(
+    {
+        "error": {
+            "code": "unauthorized",
+            "message": "'Authorization: Bearer <metrics key>' is required",
+        }
+    }
+)
+
+
 async def serve_metrics(request: web.Request) -> web.Response:
+    """What a scrape costs: the pools' counters and the text; the database is not asked."""
+    expected = request.app.get(METRICS_KEY_DIGEST)
+    if expected is not None and not internal.bearer_matches(request, expected):
+        return web.Response(
+            status=401,
+            body=_METRICS_KEY_REQUIRED,
+            content_type="application/json",
+            headers={"WWW-Authenticate": 'Bearer realm="gateway-metrics"'},
+        )
     metrics = request.app[METRICS]
-    await metrics.refresh(request.app)
     return web.Response(
-        body=generate_latest(metrics.registry),
-        headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4},
+        body=metrics.render(request.app), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4}
     )
 
 
@@ -291,7 +350,11 @@ def setup(app: web.Application) -> None:
     """Adds /metrics and the app's registry; call after the database's cleanup context."""
     stamp_log_records()
     app[METRICS] = Metrics()
+    token = app[SETTINGS].metrics_token
+    if token is not None:
+        app[METRICS_KEY_DIGEST] = internal.key_digest(token)
     app.cleanup_ctx.append(_observe_group_commit)
+    app.cleanup_ctx.append(_recount_registrations)
     app.on_response_prepare.append(_stamp_streamed_response)
     app.router.add_get("/metrics", serve_metrics, allow_head=False)
 
@@ -300,6 +363,33 @@ async def _observe_group_commit(app: web.Application) -> AsyncIterator[None]:
     # Runs after database_ctx has made the executor and its writer.
     app[EXECUTOR].writer.on_batch = app[METRICS].batch_size.observe
     yield
+
+
+async def _recount_forever(metrics: Metrics, store: Store, interval: float) -> None:
+    healthy = True
+    while True:
+        counted = await metrics.recount_registrations(store)
+        if healthy and not counted:
+            log.warning("counting registrations for /metrics failed; the gauge is cleared")
+        healthy = counted
+        await asyncio.sleep(interval)
+
+
+async def _recount_registrations(app: web.Application) -> AsyncIterator[None]:
+    """Keeps the registrations gauge current off the request path, on the internal pool.
+
+    A count is one pass over the table (tens of milliseconds at 500,000 rows):
+    paid every few seconds per process, not per scrape, and never with a
+    connection the public dialects need.
+    """
+    task = asyncio.create_task(
+        _recount_forever(app[METRICS], app[INTERNAL_STORE], app[SETTINGS].metrics_refresh_seconds),
+        name="recount-registrations",
+    )
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 # ---------------------------------------------------------------- logging

@@ -777,12 +777,19 @@ def _operator_paths(spec: APISpec) -> None:
                 "tags": tags,
                 "operationId": "metrics",
                 "summary": "This worker process's metrics, in the Prometheus text format",
+                # Open unless GATEWAY_METRICS_TOKEN is set.
+                "security": [{}, {"MetricsBearer": []}],
                 "responses": {
                     "200": {
                         "description": "Prometheus exposition format 0.0.4",
                         "headers": _headers(),
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    "401": _answer(
+                        "GATEWAY_METRICS_TOKEN is set and the request lacks it",
+                        "InternalError",
+                        "WWW-Authenticate",
+                    ),
                 },
             }
         },
@@ -850,6 +857,10 @@ def build_document(categories: frozenset[str], session_ttl: int) -> dict[str, An
     spec.components.security_scheme(
         "InternalBearer",
         {"type": "http", "scheme": "bearer", "description": "GATEWAY_ADMIN_TOKEN"},
+    )
+    spec.components.security_scheme(
+        "MetricsBearer",
+        {"type": "http", "scheme": "bearer", "description": "GATEWAY_METRICS_TOKEN"},
     )
     spec.components.header(
         REQUEST_ID_HEADER,

@@ -84,8 +84,9 @@ ORDER BY r.registered_seq DESC
 
 PING = "SELECT 1"
 
-# For the operators' gauge, run once per /metrics scrape: one pass over the
-# table, no lock beyond a plain read.
+# For the operators' gauge, run in the background every few seconds on the
+# internal pool, never by a scrape: one pass over the table, no lock beyond a
+# plain read.
 COUNT_REGISTRATIONS_BY_PROVIDER = """
 SELECT provider, count(*) AS registrations FROM registrations GROUP BY provider
 """
@@ -254,7 +255,15 @@ async def _no_reset(connection: asyncpg.Connection) -> None:
     """Skips the pool's per-release reset query: the gateway leaves no session state behind."""
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, idle_transaction_timeout: float | None = None
+) -> asyncpg.Pool:
+    """``idle_transaction_timeout``: the server ends a transaction left idle this long."""
+    server_settings = (
+        {}
+        if idle_transaction_timeout is None
+        else {"idle_in_transaction_session_timeout": str(int(idle_transaction_timeout * 1000))}
+    )
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -262,6 +271,7 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool
         reset=_no_reset,
         timeout=CONNECT_TIMEOUT,
         command_timeout=STATEMENT_TIMEOUT,
+        server_settings=server_settings,
     )
 
 
@@ -306,11 +316,15 @@ class SessionCache:
 
 
 class Store:
-    """The gateway's data, on one asyncpg pool."""
+    """The gateway's data, on one asyncpg pool.
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    The internal API has a Store of its own on a pool of its own, sharing the
+    public one's session cache: a session it ends is forgotten by both.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, sessions: SessionCache | None = None) -> None:
         self._pool = pool
-        self.sessions = SessionCache()
+        self.sessions = SessionCache() if sessions is None else sessions
         self._nonce_slots = asyncio.Semaphore(NONCE_CONNECTIONS)
 
     @asynccontextmanager

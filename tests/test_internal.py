@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.config import ConfigError, Settings
 from gateway.errors import DatabaseUnavailable
-from gateway.keys import EXECUTOR, SETTINGS
+from gateway.keys import INTERNAL_STORE, SETTINGS
 from gateway.surfaces import internal
 from gateway.validation import DEFAULT_CATEGORIES, category_filter_admits
 from tests.conftest import ClientFactory, layer_headers
@@ -416,7 +416,7 @@ async def test_a_failure_before_the_first_row_is_an_error_status(api, monkeypatc
             raise DatabaseUnavailable("down")
         yield []
 
-    monkeypatch.setattr(api.app[EXECUTOR].store, "find_targets", unavailable)
+    monkeypatch.setattr(api.app[INTERNAL_STORE], "find_targets", unavailable)
     response = await api.post(
         TARGETS, json={"users": ["alice"], "category": "chat_message"}, headers=admin()
     )
@@ -425,7 +425,7 @@ async def test_a_failure_before_the_first_row_is_an_error_status(api, monkeypatc
 
 async def test_a_failure_mid_stream_cuts_the_answer_short(api, db, monkeypatch):
     users = await bulk_registrations(db, users=200, per_user=5)
-    store = api.app[EXECUTOR].store
+    store = api.app[INTERNAL_STORE]
     real = store.find_targets
 
     async def dies_after_one_batch(query: Any) -> AsyncIterator[list[Any]]:
@@ -739,7 +739,7 @@ async def test_a_sender_that_goes_away_ends_the_query_and_frees_its_connection(
     api, db, monkeypatch
 ):
     users = await bulk_registrations(db, users=1000, per_user=5)
-    store = api.app[EXECUTOR].store
+    store = api.app[INTERNAL_STORE]
     real = store.find_targets
     closed: list[bool] = []
 

@@ -6,6 +6,7 @@ import io
 import logging
 import re
 import sys
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from gateway.observability import (
     setup_logging,
 )
 from tests.conftest import layer_headers
+from tests.faults_support import wait_until
 from tests.helpers import (
     BIND,
     DELETE,
@@ -129,13 +131,22 @@ async def test_metrics_never_label_with_raw_paths_device_ids_or_tokens(client, n
 
 
 async def test_metrics_report_group_commit_batches_pool_and_registrations_by_provider(
-    client, new_session, settings
+    aiohttp_client, settings, db
 ):
-    token = await new_session("alice")
+    settings = replace(settings, metrics_refresh_seconds=0.05)
+    client = await aiohttp_client(create_app(settings))
+    store = client.app[EXECUTOR].store
+    token = await store.create_session("alice", 3600)
     response = await client.post("/push_tokens", json=register_body(), headers=layer_headers(token))
     assert response.status == 202
-    await navixy_ok(await navixy(client, BIND, android(await new_session("bob"))))
+    await navixy_ok(await navixy(client, BIND, android(await store.create_session("bob", 3600))))
 
+    # The gauge is recounted in the background, not by the scrape.
+    async def recounted() -> bool:
+        _, samples = await scrape(client)
+        return samples.get(("gateway_registrations", (("provider", "fcm"),))) == 1
+
+    await wait_until(recounted, within=10, what="the registrations gauge to be recounted")
     _, samples = await scrape(client)
 
     assert sample(samples, "gateway_group_commit_batch_size_count") >= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -40,7 +41,7 @@ from gateway.errors import (
     SessionNotFound,
     UnknownEndpoint,
 )
-from gateway.keys import EXECUTOR, SETTINGS
+from gateway.keys import INTERNAL_STORE, SETTINGS
 from gateway.parsing import Text, load, one_of
 
 log = logging.getLogger(__name__)
@@ -285,19 +286,24 @@ async def _json_object(request: web.Request, limit: int) -> dict[str, Any]:
 # ------------------------------------------------------------------ the key
 
 
-def _digest(key: str) -> bytes:
+def key_digest(key: str) -> bytes:
+    """What a bearer key is kept as and compared by (see bearer_matches)."""
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
-def _authorize(request: web.Request) -> None:
-    expected = request.app.get(ADMIN_KEY_DIGEST)
+def bearer_matches(request: web.Request, expected: bytes | None) -> bool:
+    """Whether the request's ``Authorization: Bearer`` key has the digest ``expected``."""
     scheme, _, credential = request.headers.get("Authorization", "").strip().partition(" ")
     # Digests of equal length, so the comparison takes the same time whatever
     # the caller sent, its length included.
-    presented = _digest(credential.strip())
+    presented = key_digest(credential.strip())
     if expected is None or scheme.lower() != "bearer":
-        raise AdminKeyRejected()
-    if not hmac.compare_digest(presented, expected):
+        return False
+    return hmac.compare_digest(presented, expected)
+
+
+def _authorize(request: web.Request) -> None:
+    if not bearer_matches(request, request.app.get(ADMIN_KEY_DIGEST)):
         raise AdminKeyRejected()
 
 
@@ -343,7 +349,23 @@ async def find_targets(request: web.Request) -> web.StreamResponse:
     query = load(request.app[TARGETS_SCHEMA], await _json_object(request, MAX_TARGETS_BODY_BYTES))
     response = web.StreamResponse()
     response.content_type = NDJSON
-    store = request.app[EXECUTOR].store
+    store = request.app[INTERNAL_STORE]
+    settings = request.app[SETTINGS]
+    write_timeout = settings.internal_write_timeout
+    loop = asyncio.get_running_loop()
+    # The transaction's snapshot holds back vacuum for as long as the stream
+    # lasts, so even a sender that keeps reading, slowly, gets this long.
+    last_write = loop.time() + settings.internal_stream_timeout
+
+    async def send(chunk: bytes) -> None:
+        # A write waits only while the sender's socket is full: a sender that
+        # stops reading would otherwise hold the cursor and its transaction
+        # open for as long as it likes.
+        if loop.time() >= last_write:
+            raise TimeoutError
+        async with asyncio.timeout_at(min(loop.time() + write_timeout, last_write)):
+            await response.write(chunk)
+
     async with contextlib.aclosing(store.find_targets(query)) as batches:
         # A failure before the first batch still gets an error status; after
         # the status has gone out, cutting the connection is the only signal.
@@ -358,14 +380,22 @@ async def find_targets(request: web.Request) -> web.StreamResponse:
                     pending.append(line)
                     size += len(line)
                     if size >= WRITE_CHUNK_BYTES:
-                        await response.write(b"".join(pending))
+                        await send(b"".join(pending))
                         pending.clear()
                         size = 0
                 batch = await anext(batches, [])
             if pending:
-                await response.write(b"".join(pending))
+                await send(b"".join(pending))
         except ConnectionError:
             log.info("fan-out abandoned: the sender went away")
+            _cut(request)
+            return response
+        except TimeoutError:
+            log.info(
+                "fan-out cut off: the sender read nothing for %g s, or the stream outlasted %g s",
+                write_timeout,
+                settings.internal_stream_timeout,
+            )
             _cut(request)
             return response
         except Exception:
@@ -378,13 +408,13 @@ async def find_targets(request: web.Request) -> web.StreamResponse:
 
 async def prune_dead_tokens(request: web.Request) -> web.Response:
     command = load(FEEDBACK_SCHEMA, await _json_object(request, MAX_FEEDBACK_BODY_BYTES))
-    removed = await request.app[EXECUTOR].store.prune_tokens(command) if command.tokens else 0
+    removed = await request.app[INTERNAL_STORE].prune_tokens(command) if command.tokens else 0
     return _json(200, {"removed": removed})
 
 
 async def open_session(request: web.Request) -> web.Response:
     command = load(request.app[SESSION_SCHEMA], await _json_object(request, MAX_SESSION_BODY_BYTES))
-    opened = await request.app[EXECUTOR].store.open_session(command)
+    opened = await request.app[INTERNAL_STORE].open_session(command)
     return _json(201, {"token": opened.token, "expires_at": opened.expires_at})
 
 
@@ -392,7 +422,7 @@ async def end_session(request: web.Request) -> web.Response:
     token = request.match_info["token"]
     if not _SESSION_TOKEN.fullmatch(token):
         raise InvalidParameters([Problem("token", "must be 32 hexadecimal characters")])
-    await request.app[EXECUTOR].store.end_session(SessionRef.from_token(token.lower()))
+    await request.app[INTERNAL_STORE].end_session(SessionRef.from_token(token.lower()))
     return web.Response(status=204)
 
 
@@ -419,7 +449,7 @@ def setup_routes(app: web.Application) -> None:
     app[TARGETS_SCHEMA] = TargetsSchema(settings.categories)
     app[SESSION_SCHEMA] = SessionSchema(settings.session_ttl)
     if settings.admin_token is not None:
-        app[ADMIN_KEY_DIGEST] = _digest(settings.admin_token)
+        app[ADMIN_KEY_DIGEST] = key_digest(settings.admin_token)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, _admin_only(handler))
     app.router.add_route("*", PREFIX + "{tail:(/.*)?}", _admin_only(unknown_endpoint))
