@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.validation import DEFAULT_CATEGORIES
+from gateway.validation import DEFAULT_CATEGORIES, MAX_SESSION_TTL
 
 DEFAULT_SESSION_TTL = 30 * 24 * 3600
 
@@ -124,7 +124,7 @@ class Settings:
             port=_int(env, "GATEWAY_PORT", 8080, 0, 65535),
             workers=_int(env, "GATEWAY_WORKERS", 1, 1, 64),
             data_dir=Path(env.get("GATEWAY_DATA_DIR") or ".data"),
-            session_ttl=_int(env, "GATEWAY_SESSION_TTL", DEFAULT_SESSION_TTL, 1, 10 * 365 * 86400),
+            session_ttl=_int(env, "GATEWAY_SESSION_TTL", DEFAULT_SESSION_TTL, 1, MAX_SESSION_TTL),
             categories=_categories(env),
             access_log=_bool(env, "GATEWAY_ACCESS_LOG", False),
             max_body_bytes=_int(

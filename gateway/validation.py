@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -12,9 +13,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 __all__ = [
     "DEFAULT_CATEGORIES",
     "MAX_ID_LENGTH",
+    "MAX_SESSION_TTL",
     "category_filter_admits",
     "check_fcm_token",
     "check_identifier",
+    "check_recent_moment",
     "check_webpush_auth",
     "check_webpush_endpoint",
     "check_webpush_p256dh",
@@ -23,6 +26,12 @@ __all__ = [
 ]
 
 MAX_ID_LENGTH = 255
+
+# The longest a session may last, in seconds, wherever its lifetime comes from
+# (GATEWAY_SESSION_TTL, `session create --ttl`, the internal API): ten years.
+# Checked before anything is written; far beyond it the expiry would not even
+# read back as a Python datetime.
+MAX_SESSION_TTL = 10 * 365 * 86400
 
 APNS_TOKEN_MIN_LENGTH = 32
 APNS_TOKEN_MAX_LENGTH = 200
@@ -232,3 +241,23 @@ def category_filter_admits(normalized: str, category: str) -> bool:
     if names is None:
         return True
     return (category in names) != exclude
+
+
+# A moment a push service reported: after push services existed, and not
+# later than a clock a day fast. Outside, it is a mistake; far outside, it
+# would not even convert to UTC (9999-12-31T23:59:59-23:59) on its way to
+# PostgreSQL.
+EARLIEST_MOMENT = datetime(1970, 1, 1, tzinfo=UTC)
+CLOCK_SKEW = timedelta(days=1)
+
+
+def check_recent_moment(value: datetime) -> datetime:
+    """An aware datetime in [1970-01-01Z, a day from now], as UTC."""
+    message = "must be between 1970-01-01T00:00:00Z and a day from now"
+    try:
+        moment = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(message) from None
+    if not EARLIEST_MOMENT <= moment <= datetime.now(UTC) + CLOCK_SKEW:
+        raise ValueError(message)
+    return moment

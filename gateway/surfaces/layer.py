@@ -35,7 +35,7 @@ from gateway.errors import (
     UnknownEndpoint,
 )
 from gateway.keys import EXECUTOR
-from gateway.parsing import SESSION_KEY, Text, load, one_of, read_body
+from gateway.parsing import SESSION_KEY, Text, json_object, load, one_of, read_body
 
 MEDIA_TYPE = "application/vnd.layer+json"
 API_VERSION = "1.0"
@@ -126,13 +126,7 @@ def _session(request: web.Request) -> SessionRef:
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await read_body(request))
-    except orjson.JSONDecodeError:
-        raise MalformedRequest("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise MalformedRequest("the body must be a JSON object")
-    return body
+    return json_object(await read_body(request))
 
 
 async def register_push_token(request: web.Request) -> web.Response:

@@ -38,10 +38,12 @@ from gateway.errors import (
 )
 from gateway.keys import EXECUTOR, SETTINGS
 from gateway.parsing import (
+    REPEATED,
     SESSION_KEY,
     JsonObject,
     Text,
     decode_pairs,
+    json_object,
     load,
     one_of,
     read_body,
@@ -133,7 +135,7 @@ def _single_values(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
             repeated.append(name)
         values[name] = value
     if repeated:
-        raise InvalidParameters([Problem(name, "is given more than once") for name in repeated])
+        raise InvalidParameters([Problem(name, REPEATED) for name in repeated])
     return values
 
 
@@ -143,12 +145,7 @@ async def _parameters(request: web.Request) -> dict[str, Any]:
     if request.method != "POST" or not request.body_exists:
         return parameters
     if request.content_type == "application/json":
-        try:
-            body = orjson.loads(await read_body(request))
-        except orjson.JSONDecodeError:
-            raise MalformedRequest("the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise MalformedRequest("the body must be a JSON object")
+        body = json_object(await read_body(request))
     elif request.content_type == "application/x-www-form-urlencoded":
         body = _single_values(decode_pairs(await read_body(request), request.charset))
     elif request.content_type == "multipart/form-data":
@@ -216,7 +213,9 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def unknown_action(request: web.Request) -> web.Response:
-    if request.match_info["action"].strip("/") in ACTIONS:
+    # Only the exact paths setup_routes serves (one optional trailing slash)
+    # name an action; /v2//user/logout names none.
+    if request.match_info["action"].removesuffix("/") in ACTIONS:
         raise MethodNotAllowed()
     raise UnknownEndpoint()
 

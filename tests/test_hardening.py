@@ -1,0 +1,364 @@
+"""Issue 9, items 4-13: the defects an adversarial review found, and the classes behind them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.observability import METRICS, AccessLogger
+from tests.conftest import ClientFactory, layer_headers
+from tests.helpers import (
+    BIND,
+    DELETE,
+    LAYER_APNS,
+    NAVIXY_FCM,
+    apns_token,
+    layer_error,
+    navixy,
+    navixy_error,
+)
+from tests.test_cli import gateway
+from tests.test_internal import ADMIN_KEY, FEEDBACK, SESSIONS, admin, bad_parameters, internal_error
+
+# --- raw HTTP ---------------------------------------------------------------------------
+
+
+async def exchange(server: Live, raw: bytes) -> bytes:
+    """Send raw bytes, read the answer to the end of the connection."""
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+
+
+def head_of(answer: bytes) -> tuple[int, dict[str, str]]:
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    status = int(head[0].split()[1])
+    headers = {}
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+# Requests aiohttp's HTTP parser refuses before any handler runs.
+UNREADABLE = {
+    "nul-in-path": b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+    "overlong-line": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "bad-chunk-size": (
+        b"POST /push_tokens HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    ),
+    "tls-handshake": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,
+    "bad-method": b"G\x01T / HTTP/1.1\r\n\r\n",
+}
+
+
+@dataclass
+class Live:
+    app: web.Application
+    host: str
+    port: int
+
+
+@pytest.fixture
+async def server(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[Live]:
+    """The gateway on a real port as `gateway serve` runs it: access log on, handlers not
+    cancelled when their client leaves (aiohttp's TestServer would cancel them)."""
+    app = create_app(replace(settings, admin_token=ADMIN_KEY))
+    runner = web.AppRunner(app, access_log_class=AccessLogger)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield Live(app, host, port)
+    finally:
+        await runner.cleanup()
+
+
+# --- 13: X-Request-Id on every response; 111 for an empty action segment --------------
+
+
+@pytest.mark.parametrize("raw", UNREADABLE.values(), ids=list(UNREADABLE))
+async def test_a_request_the_parser_refuses_gets_a_request_id(server, raw):
+    status, headers = head_of(await exchange(server, raw))
+    assert status == 400
+    assert headers["content-type"].startswith("application/json")
+    assert len(headers["x-request-id"]) == 32
+
+
+async def test_a_bad_expect_gets_a_request_id_and_keeps_the_callers(server):
+    raw = (
+        b"POST /v2/user/session/push_token/bind HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n"
+        b"X-Request-Id: mine-1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )
+    status, headers = head_of(await exchange(server, raw))
+    assert status == 400
+    assert headers["x-request-id"] == "mine-1"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2//user/session/push_token/delete",
+        "/v2//user/logout",
+        "/v2/user/session/push_token/delete//",
+        "/v2///user/session/push_token/bind/",
+    ],
+)
+async def test_a_known_action_behind_an_empty_segment_is_an_unknown_action(client, path):
+    await navixy_error(await client.get(path), 111)
+    await navixy_error(await client.post(path), 111)
+
+
+# --- 12: the access log ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", UNREADABLE.values(), ids=list(UNREADABLE))
+async def test_a_request_the_parser_refuses_gets_an_access_line(server, raw, caplog):
+    caplog.set_level(logging.INFO)
+    await exchange(server, raw)
+    access = [r for r in caplog.records if r.name == "aiohttp.access"]
+    assert [(r.status, r.route) for r in access] == [(400, "unmatched")]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# --- 11: a client that leaves mid-body ---------------------------------------------------
+
+
+async def counted(server: Live, status: int) -> int:
+    stats = server.app[METRICS].requests.stats
+    return sum(s.count for (_, _, code), s in stats.items() if code == str(status))
+
+
+async def wait_for_count(server: Live, status: int, count: int) -> None:
+    for _ in range(500):
+        if await counted(server, status) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no request counted as {status}")
+
+
+PARTIAL_BODIES = {
+    "navixy-json": (
+        b"POST /v2/user/session/push_token/bind HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"hash\": "
+    ),
+    "navixy-form": (
+        b"POST /user/logout HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 500\r\n\r\nhash="
+    ),
+    "internal": (
+        b"POST /internal/v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + ADMIN_KEY.encode()
+        + b"\r\nContent-Length: 500\r\n\r\n{\"user\""
+    ),
+}
+
+
+@pytest.mark.parametrize("raw", PARTIAL_BODIES.values(), ids=list(PARTIAL_BODIES))
+async def test_a_client_leaving_mid_body_is_a_499_logged_at_info(server, raw, caplog):
+    caplog.set_level(logging.INFO)
+    _, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(raw)
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    await wait_for_count(server, 499, 1)
+    assert await counted(server, 500) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in caplog.records if r.exc_info and r.name.startswith("gateway")]
+    assert [r for r in caplog.records if "closed" in r.getMessage() and r.levelno == logging.INFO]
+
+
+# --- 10: session lifetimes are bounded before anything is written -------------------------
+
+
+async def test_cli_refuses_a_ttl_past_the_bound_and_writes_nothing(database_url, db):
+    result = await gateway(database_url, "session", "create", "alice", "--ttl", "999999999999")
+    assert result.returncode == 2
+    assert "--ttl" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert await db.fetchval("SELECT count(*) FROM sessions") == 0
+
+
+async def test_cli_accepts_a_ttl_at_the_bound(database_url, db):
+    from gateway.validation import MAX_SESSION_TTL
+
+    ttl = str(MAX_SESSION_TTL)
+    result = await gateway(database_url, "session", "create", "alice", "--ttl", ttl)
+    assert result.returncode == 0, result.stderr
+    assert await db.fetchval("SELECT count(*) FROM sessions") == 1
+
+
+@pytest.fixture
+async def api(
+    aiohttp_client: ClientFactory, settings: Settings, db: asyncpg.Connection
+) -> TestClient:  # type: ignore[type-arg]
+    return await aiohttp_client(create_app(replace(settings, admin_token=ADMIN_KEY)))
+
+
+@pytest.mark.parametrize("ttl", [999999999999, 10**40, -(10**40), 0])
+async def test_the_internal_api_refuses_a_ttl_past_the_same_bound(api, db, ttl):
+    response = await api.post(SESSIONS, json={"user": "alice", "ttl": ttl}, headers=admin())
+    assert bad_parameters(await internal_error(response, 400, "invalid_parameters")) == ["ttl"]
+    assert await db.fetchval("SELECT count(*) FROM sessions") == 0
+
+
+def test_gateway_session_ttl_has_the_same_bound():
+    from gateway.config import ConfigError
+    from gateway.validation import MAX_SESSION_TTL
+
+    assert Settings.from_env({"GATEWAY_SESSION_TTL": str(MAX_SESSION_TTL)}).session_ttl
+    with pytest.raises(ConfigError, match="GATEWAY_SESSION_TTL"):
+        Settings.from_env({"GATEWAY_SESSION_TTL": str(MAX_SESSION_TTL + 1)})
+
+
+# --- 9: dates that reach PostgreSQL are range-checked at the edge ------------------------
+
+
+@pytest.mark.parametrize(
+    "observed_at",
+    [
+        "9999-12-31T23:59:59-23:59",
+        "0001-01-01T00:00:00+23:59",
+        "9999-12-31T23:59:59+00:00",
+        "0001-01-01T00:00:00Z",
+        "1969-12-31T23:59:59Z",
+        "2999-01-01T00:00:00Z",
+    ],
+)
+async def test_feedback_observed_at_far_in_the_past_or_future_names_the_field(api, observed_at):
+    entry = {
+        "provider": "apns", "token": apns_token(8), "reason": "Unregistered",
+        "observed_at": observed_at,
+    }
+    response = await api.post(FEEDBACK, json={"feedback": [entry, entry]}, headers=admin())
+    error = await internal_error(response, 400, "invalid_parameters")
+    assert bad_parameters(error) == ["feedback.0.observed_at", "feedback.1.observed_at"]
+
+
+async def test_feedback_observed_at_within_the_range_is_accepted(api):
+    entry = {
+        "provider": "apns", "token": apns_token(8), "reason": "Unregistered",
+        "observed_at": "2024-02-29T23:59:59-23:59",
+    }
+    response = await api.post(FEEDBACK, json={"feedback": [entry]}, headers=admin())
+    assert response.status == 200, await response.text()
+
+
+# --- 8: duplicate keys in JSON bodies -----------------------------------------------------
+
+
+def layer_body(**extra: Any) -> dict[str, Any]:
+    return {"token": LAYER_APNS, "type": "apns", "device_id": "d-1", **extra}
+
+
+def with_repeat(body: dict[str, Any], key: str, value: Any) -> bytes:
+    """The JSON of ``body`` with ``key`` given once more at the end."""
+    text = orjson.dumps(body)
+    return text[:-1] + b"," + orjson.dumps(key) + b":" + orjson.dumps(value) + b"}"
+
+
+async def test_layer_refuses_a_repeated_key_naming_it(client, new_session, db):
+    token = await new_session("alice")
+    body = with_repeat(layer_body(), "device_id", "d-2")
+    response = await client.post(
+        "/push_tokens", data=body,
+        headers={**layer_headers(token), "Content-Type": "application/json"},
+    )
+    error = await layer_error(response, 422, 105, "invalid_property", {"property": "device_id"})
+    assert "more than once" in error["message"]
+    assert await db.fetchval("SELECT count(*) FROM registrations") == 0
+
+
+@pytest.mark.parametrize("key", ["hash", "token", "application"])
+async def test_navixy_json_refuses_a_repeated_key_naming_it(client, new_session, db, key):
+    alice, bob = await new_session("alice"), await new_session("bob")
+    body = {"hash": alice, "application": "navixy_android_viewer", "token": NAVIXY_FCM}
+    values = {"hash": bob, "token": NAVIXY_FCM + "x", "application": "navixy_iphone_viewer"}
+    response = await client.post(
+        f"/v2/{BIND}", data=with_repeat(body, key, values[key]),
+        headers={"Content-Type": "application/json"},
+    )
+    error = await navixy_error(response, 7)
+    assert error["errors"] == [{"parameter": key, "error": "is given more than once"}]
+    assert await db.fetchval("SELECT count(*) FROM registrations") == 0
+
+
+async def test_a_repeated_key_inside_a_nested_object_is_named_by_its_path(client, new_session):
+    alice = await new_session("alice")
+    nested = b'{"p256dh": "a", "auth": "b", "auth": "c"}'
+    for form in ("json", "form", "query"):
+        params: dict[str, Any] = {
+            "hash": alice, "application": "w3c_pushapi",
+            "token": "https://fcm.googleapis.com/fcm/send/x",
+            "parameters": nested.decode() if form != "json" else {"placeholder": 1},
+        }
+        if form == "json":
+            raw = orjson.dumps(params).replace(b'{"placeholder":1}', nested)
+            response = await client.post(
+                f"/v2/{BIND}", data=raw, headers={"Content-Type": "application/json"}
+            )
+        else:
+            response = await navixy(client, BIND, params, form)
+        error = await navixy_error(response, 7)
+        assert error["errors"] == [
+            {"parameter": "parameters.auth", "error": "is given more than once"}
+        ], form
+
+
+async def test_navixy_delete_refuses_a_repeated_hash(client, new_session):
+    alice, bob = await new_session("alice"), await new_session("bob")
+    response = await client.post(
+        f"/v2/{DELETE}", data=with_repeat({"hash": alice}, "hash", bob),
+        headers={"Content-Type": "application/json"},
+    )
+    error = await navixy_error(response, 7)
+    assert error["errors"][0]["parameter"] == "hash"
+
+
+async def test_the_internal_api_refuses_a_repeated_key_naming_it(api, db):
+    response = await api.post(
+        SESSIONS, data=with_repeat({"user": "alice"}, "user", "bob"), headers=admin()
+    )
+    assert bad_parameters(await internal_error(response, 400, "invalid_parameters")) == ["user"]
+    entry = b'{"provider": "apns", "token": "%s", "reason": "Unregistered", "token": "00"}' % (
+        apns_token(1).encode()
+    )
+    response = await api.post(FEEDBACK, data=b'{"feedback": [%s]}' % entry, headers=admin())
+    error = await internal_error(response, 400, "invalid_parameters")
+    assert bad_parameters(error) == ["feedback.0.token"]
+
+
+async def test_keys_that_differ_only_by_escapes_are_the_same_key(client, new_session):
+    alice = await new_session("alice")
+    raw = b'{"hash": "%s", "h\\u0061sh": "%s"}' % (alice.encode(), alice.encode())
+    response = await client.post(
+        f"/v2/{DELETE}", data=raw, headers={"Content-Type": "application/json"}
+    )
+    error = await navixy_error(response, 7)
+    assert error["errors"][0]["parameter"] == "hash"
+
+
+async def test_the_same_key_in_sibling_objects_is_not_a_repeat(api):
+    entries = [
+        {"provider": "apns", "token": apns_token(n), "reason": "Unregistered"} for n in (1, 2)
+    ]
+    response = await api.post(FEEDBACK, json={"feedback": entries}, headers=admin())
+    assert response.status == 200, await response.text()
