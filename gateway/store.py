@@ -537,7 +537,8 @@ WHERE r.category_filter = '*'
 """
 
 # One statement on the (provider, token) unique index; a token listed twice is
-# counted once.
+# counted once. Registrations of expired, not yet purged sessions go too, but
+# are not counted: to every caller they are already gone.
 PRUNE_TOKENS = """
 WITH gone AS (
     DELETE FROM registrations AS r
@@ -545,9 +546,9 @@ WITH gone AS (
     WHERE r.provider = dead.provider AND r.token = dead.token
       -- Registered again after the push service saw it dead: a new install.
       AND (dead.observed_at IS NULL OR r.updated_at <= dead.observed_at)
-    RETURNING r.id
+    RETURNING r.session_id
 )
-SELECT count(*) FROM gone
+SELECT count(*) FROM gone JOIN sessions AS s ON s.id = gone.session_id AND s.expires_at > now()
 """
 
 

@@ -24,6 +24,7 @@ from tests.helpers import (
     LAYER_APNS,
     NAVIXY_FCM,
     apns_token,
+    expire,
     layer_error,
     navixy,
     navixy_error,
@@ -362,3 +363,68 @@ async def test_the_same_key_in_sibling_objects_is_not_a_repeat(api):
     ]
     response = await api.post(FEEDBACK, json={"feedback": entries}, headers=admin())
     assert response.status == 200, await response.text()
+
+
+# --- 4: only live registrations count towards the 25 --------------------------------------
+
+
+async def layer_register(client: TestClient, session: str, device: str, token: str) -> None:  # type: ignore[type-arg]
+    body = {"token": token, "type": "apns", "device_id": device}
+    response = await client.post("/push_tokens", json=body, headers=layer_headers(session))
+    assert response.status == 202, await response.text()
+
+
+async def live_devices(db: asyncpg.Connection) -> set[str]:
+    rows = await db.fetch(
+        "SELECT r.device_id FROM registrations AS r JOIN sessions AS s ON s.id = r.session_id"
+        " WHERE s.expires_at > now()"
+    )
+    return {row["device_id"] for row in rows}
+
+
+async def test_a_dead_registration_goes_before_a_live_one_at_the_limit(client, new_session, db):
+    old = await new_session("alice")
+    live = await new_session("alice")
+    for number in range(1, 25):
+        await layer_register(client, live, f"dev-{number}", apns_token(number))
+    # The newest registration is the one whose session has just expired.
+    await layer_register(client, old, "old-phone", apns_token(100))
+    await expire(db, old)
+
+    await layer_register(client, live, "dev-25", apns_token(25))
+
+    assert await live_devices(db) == {f"dev-{number}" for number in range(1, 26)}
+    assert await db.fetchval("SELECT count(*) FROM registrations") == 25
+    # The limit still holds among live ones: a 26th evicts the oldest live one.
+    await layer_register(client, live, "dev-26", apns_token(26))
+    assert await live_devices(db) == {f"dev-{number}" for number in range(2, 27)}
+
+
+async def test_several_dead_registrations_all_go_before_any_live_one(client, new_session, db):
+    dead = [await new_session("alice") for _ in range(3)]
+    live = await new_session("alice")
+    for number in range(1, 23):
+        await layer_register(client, live, f"dev-{number}", apns_token(number))
+    for number, session in enumerate(dead):
+        await layer_register(client, session, f"dead-{number}", apns_token(200 + number))
+    for session in dead:
+        await expire(db, session)
+    for number in range(23, 26):
+        await layer_register(client, live, f"dev-{number}", apns_token(number))
+    assert await live_devices(db) == {f"dev-{number}" for number in range(1, 26)}
+
+
+async def test_feedback_counts_only_live_registrations_removed(api, db):
+    from tests.test_internal import open_session
+
+    alice = await open_session(api, "alice")
+    bob = await open_session(api, "bob")
+    await layer_register(api, alice, "phone", apns_token(1))
+    await layer_register(api, bob, "phone", apns_token(2))
+    await expire(db, bob)
+    entries = [
+        {"provider": "apns", "token": apns_token(n), "reason": "Unregistered"} for n in (1, 2)
+    ]
+    response = await api.post(FEEDBACK, json={"feedback": entries}, headers=admin())
+    assert await response.json() == {"removed": 1}
+    assert await db.fetchval("SELECT count(*) FROM registrations") == 0
