@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.keys import EXECUTOR
 from gateway.observability import METRICS, AccessLogger
 from tests.conftest import ClientFactory, layer_headers
 from tests.helpers import (
@@ -428,3 +429,102 @@ async def test_feedback_counts_only_live_registrations_removed(api, db):
     response = await api.post(FEEDBACK, json={"feedback": entries}, headers=admin())
     assert await response.json() == {"removed": 1}
     assert await db.fetchval("SELECT count(*) FROM registrations") == 0
+
+
+# --- 5: ending a session never fails on a conflict with a write batch ---------------------
+
+
+async def wait_until_blocked(db: asyncpg.Connection, query_part: str) -> None:
+    """Until a backend running a query that holds this text waits for a lock."""
+    for _ in range(1000):
+        blocked = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND strpos(query, $1) > 0",
+            query_part,
+        )
+        if blocked:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"nothing running {query_part!r} waited")
+
+
+async def end_through(api: TestClient, surface: str, token: str) -> int:  # type: ignore[type-arg]
+    """End a session through one of the ways a caller can; the HTTP status (0: no HTTP)."""
+    if surface == "layer":
+        return (await api.delete(f"/sessions/{token}", headers=layer_headers())).status
+    if surface == "navixy":
+        return (await api.get(f"/v2/user/logout?hash={token}")).status
+    if surface == "internal":
+        return (await api.delete(f"{SESSIONS}/{token}", headers=admin())).status
+    purged = await api.app[EXECUTOR].store.purge_expired_sessions()
+    assert purged == 1
+    return 0
+
+
+@pytest.mark.parametrize("surface", ["layer", "navixy", "internal", "purge"])
+async def test_ending_a_session_while_a_batch_moves_its_devices_is_not_a_500(
+    api, db, database_url, surface
+):
+    """The batch locks device b, then a; the cascade from the session locks a, then b.
+
+    A third connection forces that interleaving: it holds an uncommitted row
+    with the token the batch gives device b, so the batch waits there holding b,
+    while the session's end takes a and waits for b. Its rollback lets the batch
+    on to a: a deadlock, which PostgreSQL breaks by failing the session's end.
+    """
+    from gateway.commands import Provider, RegisterToken, SessionRef
+    from tests.test_internal import open_session
+
+    s1 = await open_session(api, "alice")
+    s2 = await open_session(api, "alice")
+    zed = await open_session(api, "zed")
+    await layer_register(api, s1, "a", apns_token(1))
+    await layer_register(api, s1, "b", apns_token(2))
+    zed_id = await db.fetchval("SELECT id FROM sessions WHERE user_id = 'zed'")
+
+    blocker = await asyncpg.connect(database_url)
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute(
+            "INSERT INTO registrations (user_id, session_id, device_id, provider, token)"
+            " VALUES ('zed', $1, 'z', 'apns', $2)",
+            zed_id, apns_token(20),
+        )
+        store = api.app[EXECUTOR].store
+        moves = [
+            RegisterToken(SessionRef.from_token(s2), "b", Provider.APNS, apns_token(20)),
+            RegisterToken(SessionRef.from_token(s2), "a", Provider.APNS, apns_token(10)),
+        ]
+        batch = asyncio.create_task(store.apply_writes(moves))
+        await wait_until_blocked(db, "SELECT apply_registration_writes")
+        if surface == "purge":
+            await expire(db, s1)
+        ending = asyncio.create_task(end_through(api, surface, s1))
+        await wait_until_blocked(db, "DELETE FROM sessions")
+        await transaction.rollback()
+
+        assert await batch == [None, None]
+        assert await ending in {204, 200, 0}
+    finally:
+        await blocker.close()
+    rows = await db.fetch("SELECT device_id, session_id, token FROM registrations ORDER BY 1")
+    s2_id = await db.fetchval(
+        "SELECT id FROM sessions WHERE token_sha256 = $1", SessionRef.from_token(s2).token_sha256
+    )
+    assert [(row["device_id"], row["session_id"]) for row in rows] == [("a", s2_id), ("b", s2_id)]
+    assert await db.fetchval(
+        "SELECT count(*) FROM sessions WHERE token_sha256 = $1",
+        SessionRef.from_token(s1).token_sha256,
+    ) == 0
+    _ = zed
+
+
+def test_a_conflict_past_its_retries_is_unavailable_not_an_error():
+    import asyncpg as pg
+
+    from gateway.errors import DatabaseUnavailable
+    from gateway.store import translate
+
+    assert isinstance(translate(pg.DeadlockDetectedError("deadlock")), DatabaseUnavailable)
+    assert isinstance(translate(pg.SerializationError("serialization")), DatabaseUnavailable)
