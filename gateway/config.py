@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.validation import DEFAULT_CATEGORIES, MAX_SESSION_TTL
+from gateway.validation import DEFAULT_CATEGORIES, MAX_SESSION_TTL, normalize_host
 
 DEFAULT_SESSION_TTL = 30 * 24 * 3600
 
@@ -89,6 +89,23 @@ def _admin_token(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _webpush_allowed_hosts(env: Mapping[str, str]) -> tuple[str, ...] | None:
+    raw = env.get("GATEWAY_WEBPUSH_ALLOWED_HOSTS")
+    if raw is None or raw.strip() == "":
+        return None
+    hosts: list[str] = []
+    for item in raw.split(","):
+        # "*.mozilla.com" and ".mozilla.com" as sygnal writes them: the same suffix.
+        name = item.strip().removeprefix("*").removeprefix(".")
+        try:
+            hosts.append(normalize_host(name))
+        except ValueError as exc:
+            raise ConfigError(
+                f"GATEWAY_WEBPUSH_ALLOWED_HOSTS has an invalid host {item.strip()!r}: {exc}"
+            ) from None
+    return tuple(hosts)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, with the defaults a fresh checkout runs on."""
@@ -114,6 +131,9 @@ class Settings:
     # Past this many queued writes a process answers 503 at once instead of
     # queueing without end: at ~20k writes/s it is half a second of work.
     max_pending_writes: int = 10_000
+    # Hosts a Web Push endpoint may be on (each admits itself and the names
+    # under it); None admits every public DNS name.
+    webpush_allowed_hosts: tuple[str, ...] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -136,6 +156,7 @@ class Settings:
             rate_limit=_float(env, "GATEWAY_RATE_LIMIT", 100.0, 1_000_000),
             rate_burst=_int(env, "GATEWAY_RATE_BURST", 200, 1, 1_000_000),
             max_pending_writes=_int(env, "GATEWAY_MAX_PENDING_WRITES", 10_000, 1, 10_000_000),
+            webpush_allowed_hosts=_webpush_allowed_hosts(env),
         )
         if settings.pool_min_size > settings.pool_max_size:
             raise ConfigError("GATEWAY_POOL_MIN_SIZE must not exceed GATEWAY_POOL_MAX_SIZE")

@@ -528,3 +528,271 @@ def test_a_conflict_past_its_retries_is_unavailable_not_an_error():
 
     assert isinstance(translate(pg.DeadlockDetectedError("deadlock")), DatabaseUnavailable)
     assert isinstance(translate(pg.SerializationError("serialization")), DatabaseUnavailable)
+
+
+# --- 6: one spelling per Web Push endpoint --------------------------------------------------
+
+
+SPELLINGS = [
+    "https://fcm.googleapis.com/fcm/send/abc",
+    "HTTPS://FCM.GOOGLEAPIS.COM/fcm/send/abc",
+    "https://fcm.googleapis.com:443/fcm/send/abc",
+    "https://fcm.googleapis.com./fcm/send/abc",
+    "https://Fcm.GoogleApis.com.:443/fcm/send/abc",
+    "https://fcm%2Egoogleapis%2Ecom/fcm/send/abc",
+    "https://fcm.googleapis.com:0443/fcm/send/abc",
+]
+
+
+def webpush_bind(hash_: str, endpoint: str) -> dict[str, Any]:
+    from tests.helpers import subscription_keys
+
+    return {
+        "hash": hash_, "application": "w3c_pushapi", "token": endpoint,
+        "parameters": subscription_keys(),
+    }
+
+
+async def test_spellings_of_one_endpoint_are_one_registration(client, new_session, db):
+    from tests.helpers import navixy_ok
+
+    for spelling in SPELLINGS:
+        session = await new_session("alice")
+        await navixy_ok(await navixy(client, BIND, webpush_bind(session, spelling)))
+    tokens = await db.fetch("SELECT token FROM registrations")
+    assert [row["token"] for row in tokens] == [SPELLINGS[0]]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+async def test_feedback_in_any_spelling_prunes_the_endpoint(api, db, spelling):
+    from tests.helpers import navixy_ok
+    from tests.test_internal import open_session
+
+    session = await open_session(api, "alice")
+    await navixy_ok(await navixy(api, BIND, webpush_bind(session, SPELLINGS[1])))
+    entry = {"provider": "webpush", "token": spelling, "reason": "410"}
+    response = await api.post(FEEDBACK, json={"feedback": [entry]}, headers=admin())
+    assert await response.json() == {"removed": 1}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "normal"),
+    [
+        ("https://bücher.example/p", "https://xn--bcher-kva.example/p"),
+        ("https://BÜCHER.example/p", "https://xn--bcher-kva.example/p"),
+        ("https://xn--bcher-kva.example/p", "https://xn--bcher-kva.example/p"),
+        ("https://push.example", "https://push.example/"),
+        ("https://push.example:/p", "https://push.example/p"),
+        ("https://push.example:8443/p", "https://push.example:8443/p"),
+        ("https://push.example/P/%7E?A=B", "https://push.example/P/%7E?A=B"),
+        ("https://push.example/ü", "https://push.example/%C3%BC"),
+        ("https://push。example/p", "https://push.example/p"),
+    ],
+)
+def test_an_endpoint_is_normalised(endpoint, normal):
+    from gateway.validation import normalize_webpush_endpoint
+
+    assert normalize_webpush_endpoint(endpoint) == normal
+    assert normalize_webpush_endpoint(normal) == normal
+
+
+# --- 7: a Web Push endpoint must be on a public DNS name ------------------------------------
+
+
+REFUSED_ENDPOINTS = [
+    "https://127.0.0.1/",
+    "https://169.254.169.254/latest/meta-data/",
+    "https://10.0.0.1:5432/",
+    "https://[::1]:8080/",
+    "https://[::ffff:127.0.0.1]/",
+    "https://[fe80::1%25eth0]/",
+    "https://2130706433/",
+    "https://0x7f000001/",
+    "https://0x7f.0.0.1/",
+    "https://0177.0.0.1/",
+    "https://127.1/",
+    "https://127.0.0.1./",
+    "https://1.2.3.4.5/",
+    "https://localhost/",
+    "https://LOCALHOST./",
+    "https://push.localhost/",
+    "https://printer.local/",
+    "https://metadata.google.internal/",
+    "https://router.lan/",
+    "https://1.0.0.127.in-addr.arpa/",
+    "https://gateway/",
+    "https://host:0/",
+    "https://host.example:65536/",
+    "https://host.example:99999/",
+    "https://host.example:-1/",
+    "https://host.example:+80/",
+    "https://%00/",
+    "https://push%00.example/",
+    "https://push.exa%0Ample/",
+    "https://push%20.example/",
+    "https://push\u200b.example/",
+    "https://push.example/\u200bx",
+    "https://\u202epush.example/",
+    "https://push.example%FF/",
+    "https://push..example/",
+    "https://-push.example/",
+    "https://push_1.example/",
+    "https://user@push.example/",
+    "https://push.example\\@evil.example/",
+    "https:push.example/p",
+    "https:/push.example/p",
+    "https://push.example/p#frag",
+    "http://push.example/p",
+    "https://xn--zz.example/",
+    "https://" + "a" * 64 + ".example/",
+]
+
+
+@pytest.mark.parametrize("endpoint", REFUSED_ENDPOINTS)
+async def test_a_bind_to_a_non_public_endpoint_is_refused(client, new_session, db, endpoint):
+    session = await new_session("alice")
+    response = await navixy(client, BIND, webpush_bind(session, endpoint))
+    error = await navixy_error(response, 7)
+    assert [item["parameter"] for item in error["errors"]] == ["token"]
+    assert await db.fetchval("SELECT count(*) FROM registrations") == 0
+
+
+@pytest.fixture
+async def restricted(aiohttp_client: ClientFactory, settings: Settings, db: asyncpg.Connection):
+    """The gateway with Web Push restricted to Google's and Mozilla's push services."""
+    env = {"GATEWAY_WEBPUSH_ALLOWED_HOSTS": "googleapis.com, *.push.services.mozilla.com"}
+    hosts = Settings.from_env(env).webpush_allowed_hosts
+    return await aiohttp_client(create_app(replace(settings, webpush_allowed_hosts=hosts)))
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "allowed"),
+    [
+        ("https://fcm.googleapis.com/fcm/send/x", True),
+        ("https://googleapis.com/x", True),
+        ("https://FCM.googleapis.com./x", True),
+        ("https://updates.push.services.mozilla.com/wpush/v2/x", True),
+        ("https://evilgoogleapis.com/x", False),
+        ("https://googleapis.com.evil.example/x", False),
+        ("https://mozilla.com/x", False),
+        ("https://push.example/x", False),
+    ],
+)
+async def test_the_allow_list_admits_its_hosts_and_the_names_under_them(
+    restricted, db, endpoint, allowed
+):
+    from tests.helpers import navixy_ok
+
+    session = await restricted.app[EXECUTOR].store.create_session("alice", 3600)
+    response = await navixy(restricted, BIND, webpush_bind(session, endpoint))
+    if allowed:
+        await navixy_ok(response)
+    else:
+        error = await navixy_error(response, 7)
+        assert error["errors"][0]["parameter"] == "token"
+
+
+@pytest.mark.parametrize("value", ["localhost", "10.0.0.1", "bad host.example", "a..b"])
+def test_a_bad_allow_list_entry_stops_the_gateway(value):
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError, match="GATEWAY_WEBPUSH_ALLOWED_HOSTS"):
+        Settings.from_env({"GATEWAY_WEBPUSH_ALLOWED_HOSTS": f"googleapis.com,{value}"})
+
+
+def test_without_an_allow_list_every_public_name_is_admitted():
+    assert Settings.from_env({}).webpush_allowed_hosts is None
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2606:4700:4700::1111", True),
+        ("64:ff9b::808:808", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),
+        ("100.64.0.1", False),
+        ("0.0.0.0", False),  # noqa: S104 (an address to refuse, not to bind)
+        ("255.255.255.255", False),
+        ("224.0.0.251", False),
+        ("192.0.2.1", False),
+        ("::1", False),
+        ("::", False),
+        ("fe80::1", False),
+        ("fc00::1", False),
+        ("ff02::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("::ffff:10.0.0.1", False),
+        ("2002:7f00:1::", False),
+        ("64:ff9b::a00:1", False),
+        ("not an address", False),
+    ],
+)
+def test_is_public_ip(address, public):
+    from gateway.netguard import is_public_ip
+
+    assert is_public_ip(address) is public
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "127.0.0.1", "::1", "10.0.0.1", "169.254.169.254"]
+)
+async def test_ensure_public_address_refuses_names_that_lead_inside(host):
+    from gateway.netguard import NonPublicAddress, ensure_public_address
+
+    with pytest.raises(NonPublicAddress):
+        await ensure_public_address(host)
+
+
+async def test_ensure_public_address_returns_the_public_addresses():
+    from gateway.netguard import ensure_public_address
+
+    # A literal resolves without any lookup on the network.
+    assert await ensure_public_address("8.8.8.8", 443) == ["8.8.8.8"]
+
+
+async def test_the_resolver_refuses_a_name_if_any_of_its_addresses_is_not_public():
+    import socket
+
+    from aiohttp.abc import AbstractResolver, ResolveResult
+
+    from gateway.netguard import NonPublicAddress, PublicAddressResolver
+
+    class Fixed(AbstractResolver):
+        def __init__(self, *addresses: str) -> None:
+            self.addresses = addresses
+
+        async def resolve(self, host, port=0, family=socket.AF_INET) -> list[ResolveResult]:
+            return [
+                ResolveResult(hostname=host, host=a, port=port, family=family, proto=0, flags=0)
+                for a in self.addresses
+            ]
+
+        async def close(self) -> None:
+            return None
+
+    assert len(await PublicAddressResolver(Fixed("8.8.8.8")).resolve("push.example", 443)) == 1
+    for addresses in (("8.8.8.8", "127.0.0.1"), ("169.254.169.254",), ()):
+        with pytest.raises(NonPublicAddress):
+            await PublicAddressResolver(Fixed(*addresses)).resolve("push.example", 443)
+
+
+async def test_an_aiohttp_client_on_the_resolver_cannot_reach_a_loopback_server(aiohttp_server):
+    import aiohttp
+
+    from gateway.netguard import PublicAddressResolver
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="reached")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    server = await aiohttp_server(app)
+    connector = aiohttp.TCPConnector(resolver=PublicAddressResolver())
+    async with aiohttp.ClientSession(connector=connector) as session:
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await session.get(f"http://localhost:{server.port}/")

@@ -82,7 +82,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TOKEN_CHECKS: dict[Provider, Callable[[str], str]] = {
     Provider.APNS: validation.normalize_apns_token,
     Provider.FCM: validation.check_fcm_token,
-    Provider.WEBPUSH: validation.check_webpush_endpoint,
+    # Normalised as a bind stores it, so that any spelling of a subscription
+    # prunes it. The allow-list is not applied: it guards what is stored, and
+    # an endpoint stored before it was narrowed must still be prunable.
+    Provider.WEBPUSH: validation.normalize_webpush_endpoint,
 }
 # What each push service says when a token is gone for good: APNs 410
 # Unregistered and 400 BadDeviceToken, FCM v1 UNREGISTERED, and the HTTP status

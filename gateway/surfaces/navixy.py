@@ -60,7 +60,6 @@ _APPLICATIONS = {
 _TOKEN_CHECKS: dict[Provider, Callable[[str], str]] = {
     Provider.APNS: validation.normalize_apns_token,
     Provider.FCM: validation.check_fcm_token,
-    Provider.WEBPUSH: validation.check_webpush_endpoint,
 }
 _SUCCESS = orjson.dumps({"success": True})
 
@@ -89,16 +88,24 @@ class BindSchema(Schema):
     category_filter = Text(load_default="*")
     session = fields.Raw(required=True, data_key=SESSION_KEY)
 
-    def __init__(self, categories: frozenset[str]) -> None:
+    def __init__(
+        self, categories: frozenset[str], webpush_hosts: tuple[str, ...] | None = None
+    ) -> None:
         super().__init__()
         self.categories = categories
+        self.webpush_hosts = webpush_hosts
+
+    def _check_token(self, provider: Provider, token: str) -> str:
+        if provider is Provider.WEBPUSH:
+            return validation.normalize_webpush_endpoint(token, self.webpush_hosts)
+        return _TOKEN_CHECKS[provider](token)
 
     @post_load
     def make_command(self, data: dict[str, Any], **_: Any) -> RegisterToken:
         provider = _APPLICATIONS[data["application"]]
         errors: dict[str, list[str]] = {}
         try:
-            token = _TOKEN_CHECKS[provider](data["token"])
+            token = self._check_token(provider, data["token"])
         except ValueError as exc:
             errors["token"] = [str(exc)]
         if provider is Provider.WEBPUSH and data["parameters"] is None:
@@ -228,7 +235,8 @@ ACTIONS: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {
 
 
 def setup_routes(app: web.Application) -> None:
-    app[BIND_SCHEMA] = BindSchema(app[SETTINGS].categories)
+    settings = app[SETTINGS]
+    app[BIND_SCHEMA] = BindSchema(settings.categories, settings.webpush_allowed_hosts)
     for prefix in PREFIXES:
         for action, handler in ACTIONS.items():
             for path in (f"{prefix}/{action}", f"{prefix}/{action}/"):
