@@ -120,11 +120,16 @@ async def test_a_bad_expect_gets_a_request_id_and_keeps_the_callers(server):
         "/v2//user/logout",
         "/v2/user/session/push_token/delete//",
         "/v2///user/session/push_token/bind/",
+        "/v2/user/session/push_token/delete%2F",
+        "/v2/user%2Flogout",
+        "/user/logout//",
+        "/user//logout",
     ],
 )
 async def test_a_known_action_behind_an_empty_segment_is_an_unknown_action(client, path):
     await navixy_error(await client.get(path), 111)
     await navixy_error(await client.post(path), 111)
+    await navixy_error(await client.put(path), 111)
 
 
 # --- 12: the access log ------------------------------------------------------------------

@@ -220,9 +220,9 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def unknown_action(request: web.Request) -> web.Response:
-    # Only the exact paths setup_routes serves (one optional trailing slash)
-    # name an action; /v2//user/logout names none.
-    if request.match_info["action"].removesuffix("/") in ACTIONS:
+    # Only the exact paths setup_routes serves name an action, as sent (an
+    # escaped slash in ".../delete%2F" is not one): /v2//user/logout names none.
+    if request.raw_path.partition("?")[0] in SERVED_PATHS:
         raise MethodNotAllowed()
     raise UnknownEndpoint()
 
@@ -232,6 +232,12 @@ ACTIONS: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {
     "user/session/push_token/delete": delete_push_token,
     "user/logout": logout,
 }
+
+
+# Each action with and without a trailing slash, under /v2 and at the root.
+SERVED_PATHS = frozenset(
+    f"{prefix}/{action}{slash}" for prefix in PREFIXES for action in ACTIONS for slash in ("", "/")
+)
 
 
 def setup_routes(app: web.Application) -> None:
