@@ -151,6 +151,8 @@ SPECIAL_USE_SUFFIXES: frozenset[str] = frozenset(
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _TOP_LABEL_RE = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
+# %00-%1F and %7F: a NUL or a newline smuggled past the raw-character check.
+_ESCAPED_CONTROL_RE = re.compile(r"%(?:[01][0-9A-Fa-f]|7[Ff])")
 HOST_MAX_LENGTH = 253
 DEFAULT_HTTPS_PORT = 443
 
@@ -230,6 +232,8 @@ def normalize_webpush_endpoint(value: str, allowed_hosts: Iterable[str] | None =
         raise ValueError("must be valid unicode (no lone surrogates)")
     if _has_invisible(value):
         raise ValueError("must not contain invisible characters")
+    if _ESCAPED_CONTROL_RE.search(value):
+        raise ValueError("must not contain percent-encoded control characters")
     # A browser reads a backslash as a slash in an https URL, urlsplit does
     # not: the two would see different hosts.
     if "\\" in value:
