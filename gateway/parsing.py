@@ -139,7 +139,6 @@ def decode_pairs(encoded: bytes | str, charset: str | None = None) -> list[tuple
         raise MalformedRequest("the parameters are not valid percent-encoded UTF-8") from None
 
 
-
 # orjson keeps the last of a repeated key without a word, and no fast parser
 # reports one; the standard library's C scanner, told to hand each object over
 # as its pairs, can. It is only a check, run after orjson has parsed (and
