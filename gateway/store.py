@@ -87,7 +87,10 @@ PING = "SELECT 1"
 # For the operators' gauge, run once per /metrics scrape: one pass over the
 # table, no lock beyond a plain read.
 COUNT_REGISTRATIONS_BY_PROVIDER = """
-SELECT provider, count(*) AS registrations FROM registrations GROUP BY provider
+-- Registrations of expired, not yet purged sessions are gone to every caller.
+SELECT r.provider, count(*) AS registrations
+FROM registrations AS r JOIN sessions AS s ON s.id = r.session_id AND s.expires_at > now()
+GROUP BY r.provider
 """
 
 

@@ -482,7 +482,7 @@ async def test_ending_a_session_while_a_batch_moves_its_devices_is_not_a_500(
 
     s1 = await open_session(api, "alice")
     s2 = await open_session(api, "alice")
-    zed = await open_session(api, "zed")
+    await open_session(api, "zed")
     await layer_register(api, s1, "a", apns_token(1))
     await layer_register(api, s1, "b", apns_token(2))
     zed_id = await db.fetchval("SELECT id FROM sessions WHERE user_id = 'zed'")
@@ -522,7 +522,6 @@ async def test_ending_a_session_while_a_batch_moves_its_devices_is_not_a_500(
         "SELECT count(*) FROM sessions WHERE token_sha256 = $1",
         SessionRef.from_token(s1).token_sha256,
     ) == 0
-    _ = zed
 
 
 def test_a_conflict_past_its_retries_is_unavailable_not_an_error():
@@ -804,3 +803,11 @@ async def test_an_aiohttp_client_on_the_resolver_cannot_reach_a_loopback_server(
     async with aiohttp.ClientSession(connector=connector) as session:
         with pytest.raises(aiohttp.ClientConnectorError):
             await session.get(f"http://localhost:{server.port}/")
+
+
+async def test_the_registrations_gauge_counts_only_live_registrations(client, new_session, db):
+    alice, bob = await new_session("alice"), await new_session("bob")
+    await layer_register(client, alice, "phone", apns_token(1))
+    await layer_register(client, bob, "phone", apns_token(2))
+    await expire(db, bob)
+    assert await client.app[EXECUTOR].store.count_registrations_by_provider() == {"apns": 1}
