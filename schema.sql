@@ -180,7 +180,10 @@ BEGIN
 
     -- Layer's ceiling: a user's 26th registration evicts the least recently
     -- registered. Only a user who gained a row can have gone past it: an
-    -- update or a delete never adds one.
+    -- update or a delete never adds one. Only live registrations count: those
+    -- of expired, not yet purged sessions are evicted first, whatever their
+    -- age. Every grown user is left with at most max_per_user rows, so the
+    -- live ones alone can never exceed it either.
     IF cardinality(grown) = 0 THEN
         RETURN '{}';
     END IF;
@@ -188,9 +191,10 @@ BEGIN
         SELECT old.id
         FROM unnest(grown) AS users(user_id)
         CROSS JOIN LATERAL (
-            SELECT id FROM registrations
-            WHERE user_id = users.user_id
-            ORDER BY registered_seq DESC
+            SELECT r.id FROM registrations AS r
+            JOIN sessions AS s ON s.id = r.session_id
+            WHERE r.user_id = users.user_id
+            ORDER BY s.expires_at > now() DESC, r.registered_seq DESC
             OFFSET max_per_user
         ) AS old
     );

@@ -40,6 +40,8 @@ INTERNAL_IDLE_MARGIN = 10.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+CLIENT_CLOSED_REQUEST = 499
+
 _HTTP_ERRORS: dict[int, type[GatewayError]] = {
     404: UnknownEndpoint,
     405: MethodNotAllowed,
@@ -70,6 +72,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             )
             return render_error(request, InternalError())
         return render_error(request, kind(exc.reason))
+    except ConnectionError:
+        if request.transport is not None and not request.transport.is_closing():
+            log.exception(
+                "unhandled error in %s %s", request.method, observability.route_of(request)
+            )
+            return render_error(request, InternalError())
+        # The caller hung up before its request was read whole: its doing,
+        # not ours, and no answer can reach it. nginx's status for that.
+        log.info(
+            "the client closed the connection mid-request: %s %s",
+            request.method,
+            observability.route_of(request),
+        )
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, observability.route_of(request))
         return render_error(request, InternalError())
@@ -99,12 +115,17 @@ def _refuse_unreadable_request(
         log.error("unhandled error outside the application", exc_info=exc)
         error = InternalError()
     else:
+        # aiohttp answers 400 itself only for what its parser refused; such a
+        # request was never routed, and the access log must not ask its route.
+        request[observability.UNROUTED] = True
         # The bytes themselves are not logged: they may hold a session token.
         log.info("refused a request that is not valid HTTP/1.1: %s", type(exc).__name__)
         error = MalformedRequest("the request is not valid HTTP/1.1")
     # A request the parser refused stands in with the path "/", so its answer
     # is Layer's, the dialect of the root.
     response = render_error(request, error)  # type: ignore[arg-type]
+    # No middleware runs for it: the README promises an id on every response.
+    response.headers[observability.REQUEST_ID_HEADER] = observability.request_id_of(request)
     response.force_close()
     return response
 
@@ -112,7 +133,10 @@ def _refuse_unreadable_request(
 async def _expect_only_continue(request: web.Request) -> web.StreamResponse | None:
     expect = request.headers.get(hdrs.EXPECT, "")
     if request.version >= (1, 1) and expect.lower() != "100-continue":
-        return render_error(request, MalformedRequest("Expect can only be 100-continue"))
+        # Answered before the middlewares, which would have stamped the id.
+        response = render_error(request, MalformedRequest("Expect can only be 100-continue"))
+        response.headers[observability.REQUEST_ID_HEADER] = observability.request_id_of(request)
+        return response
     await _aiohttp_expect_handler(request)
     return None
 

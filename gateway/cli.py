@@ -18,6 +18,7 @@ from aiohttp import web
 from gateway.config import ConfigError, Settings
 from gateway.database import redact, resolve_database_url
 from gateway.errors import GatewayError, SessionNotFound
+from gateway.validation import MAX_SESSION_TTL
 
 log = logging.getLogger("gateway")
 
@@ -236,8 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if arguments.session_command == "create":
             ttl = settings.session_ttl if arguments.ttl is None else arguments.ttl
-            if ttl <= 0:
-                print("gateway: --ttl must be a positive number of seconds", file=sys.stderr)
+            if not 1 <= ttl <= MAX_SESSION_TTL:
+                print(
+                    f"gateway: --ttl must be between 1 and {MAX_SESSION_TTL} seconds",
+                    file=sys.stderr,
+                )
                 return 2
             print(asyncio.run(_with_store(dsn, "create", arguments.user, ttl)))
         else:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.layer_auth import IdentityKeyError, load_identity_keys
-from gateway.validation import DEFAULT_CATEGORIES
+from gateway.validation import DEFAULT_CATEGORIES, MAX_SESSION_TTL, normalize_host
 
 DEFAULT_SESSION_TTL = 30 * 24 * 3600
 
@@ -136,6 +136,21 @@ def _layer_identity_keys(env: Mapping[str, str]) -> tuple[str, ...]:
         return load_identity_keys(Path(env["GATEWAY_LAYER_IDENTITY_KEYS"]))
     except IdentityKeyError as exc:
         raise ConfigError(f"GATEWAY_LAYER_IDENTITY_KEYS: {exc}") from None
+def _webpush_allowed_hosts(env: Mapping[str, str]) -> tuple[str, ...] | None:
+    raw = env.get("GATEWAY_WEBPUSH_ALLOWED_HOSTS")
+    if raw is None or raw.strip() == "":
+        return None
+    hosts: list[str] = []
+    for item in raw.split(","):
+        # "*.mozilla.com" and ".mozilla.com" as sygnal writes them: the same suffix.
+        name = item.strip().removeprefix("*").removeprefix(".")
+        try:
+            hosts.append(normalize_host(name))
+        except ValueError as exc:
+            raise ConfigError(
+                f"GATEWAY_WEBPUSH_ALLOWED_HOSTS has an invalid host {item.strip()!r}: {exc}"
+            ) from None
+    return tuple(hosts)
 
 
 @dataclass(frozen=True)
@@ -172,9 +187,6 @@ class Settings:
     layer_provider_id: str | None = None
     layer_identity_keys: tuple[str, ...] = ()
 
-    @property
-    def layer_auth_configured(self) -> bool:
-        return bool(self.layer_identity_keys)
     # The bearer key of /metrics; None leaves it open, as Prometheus expects
     # by default.
     metrics_token: str | None = field(default=None, repr=False)
@@ -196,6 +208,13 @@ class Settings:
     head_timeout: float = 10.0
     body_timeout: float = 30.0
     keepalive_timeout: float = 30.0
+    # Hosts a Web Push endpoint may be on (each admits itself and the names
+    # under it); None admits every public DNS name.
+    webpush_allowed_hosts: tuple[str, ...] | None = None
+
+    @property
+    def layer_auth_configured(self) -> bool:
+        return bool(self.layer_identity_keys)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -206,7 +225,7 @@ class Settings:
             port=_int(env, "GATEWAY_PORT", 8080, 0, 65535),
             workers=_int(env, "GATEWAY_WORKERS", 1, 1, 64),
             data_dir=Path(env.get("GATEWAY_DATA_DIR") or ".data"),
-            session_ttl=_int(env, "GATEWAY_SESSION_TTL", DEFAULT_SESSION_TTL, 1, 10 * 365 * 86400),
+            session_ttl=_int(env, "GATEWAY_SESSION_TTL", DEFAULT_SESSION_TTL, 1, MAX_SESSION_TTL),
             categories=_categories(env),
             access_log=_bool(env, "GATEWAY_ACCESS_LOG", False),
             max_body_bytes=_int(
@@ -232,6 +251,7 @@ class Settings:
             head_timeout=_positive(env, "GATEWAY_HEAD_TIMEOUT", 10.0, 3600),
             body_timeout=_positive(env, "GATEWAY_BODY_TIMEOUT", 30.0, 3600),
             keepalive_timeout=_positive(env, "GATEWAY_KEEPALIVE_TIMEOUT", 30.0, 3600),
+            webpush_allowed_hosts=_webpush_allowed_hosts(env),
         )
         if settings.pool_min_size > settings.pool_max_size:
             raise ConfigError("GATEWAY_POOL_MIN_SIZE must not exceed GATEWAY_POOL_MAX_SIZE")

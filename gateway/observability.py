@@ -67,6 +67,9 @@ _LAYER_PREFIXES = ("/push_tokens", "/sessions/")
 # The catch-all route's template is /internal{tail}.
 _INTERNAL_TEMPLATE = internal.PREFIX + "{"
 UNMATCHED_ROUTE = "unmatched"
+# Marks a request answered before routing (the HTTP parser refused it), whose
+# match_info aiohttp never set: reading it would fail an assertion.
+UNROUTED = web.RequestKey("gateway_unrouted", bool)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -75,7 +78,8 @@ def _new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
-def _request_id_of(request: BaseRequest) -> str:
+def request_id_of(request: BaseRequest) -> str:
+    """The caller's X-Request-Id when it is safe to echo, else a new one."""
     given = request.headers.get(REQUEST_ID_HEADER)
     if given is not None and _SANE_REQUEST_ID.fullmatch(given):
         return given
@@ -95,8 +99,11 @@ def dialect_of(path: str) -> str:
 
 def route_of(request: BaseRequest) -> str:
     """The matched route's template, never the raw path: paths carry device ids and tokens."""
-    # A request aiohttp refused before routing is a bare BaseRequest.
-    resource = request.match_info.route.resource if isinstance(request, web.Request) else None
+    # A request aiohttp refused before routing is a bare BaseRequest, or (from
+    # its HTTP parser) a web.Request that was never routed.
+    if not isinstance(request, web.Request) or request.get(UNROUTED, False):
+        return UNMATCHED_ROUTE
+    resource = request.match_info.route.resource
     return resource.canonical if resource is not None else UNMATCHED_ROUTE
 
 
@@ -288,7 +295,7 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
     header and the count too.
     """
     started = time.perf_counter()
-    request_id = _request_id_of(request)
+    request_id = request_id_of(request)
     reset_token = _request_id.set(request_id)
     status = 500
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from typing import Any
 from urllib.parse import parse_qsl
@@ -14,6 +15,7 @@ from marshmallow import Schema, ValidationError, fields
 from gateway.errors import InvalidParameters, MalformedRequest, Problem
 
 REQUIRED = "is required"
+REPEATED = "is given more than once"
 
 # Where a surface puts the session it read from the request, beside the
 # caller's parameters, so the schema's post_load can build a whole command.
@@ -77,9 +79,14 @@ class JsonObject(fields.Nested):
     ) -> Any:
         if isinstance(value, str | bytes):
             try:
-                value = orjson.loads(value)
+                parsed = orjson.loads(value)
             except orjson.JSONDecodeError:
                 raise self.make_error("type") from None
+            # orjson has vouched for the text, its UTF-8 included.
+            repeated = repeated_key(value if isinstance(value, str) else value.decode())
+            if repeated is not None:
+                raise ValidationError({repeated: [REPEATED]})
+            value = parsed
         if not isinstance(value, Mapping):
             raise self.make_error("type")
         return super()._deserialize(value, attr, data, partial, **kwargs)
@@ -131,3 +138,73 @@ def decode_pairs(encoded: bytes | str, charset: str | None = None) -> list[tuple
     except (UnicodeDecodeError, ValueError):
         raise MalformedRequest("the parameters are not valid percent-encoded UTF-8") from None
 
+
+# orjson keeps the last of a repeated key without a word, and no fast parser
+# reports one; the standard library's C scanner, told to hand each object over
+# as its pairs, can. It is only a check, run after orjson has parsed (and
+# vouched for) the text, and costs a few microseconds on a registration's body.
+class _Repeated(Exception):
+    pass
+
+
+def _refuse_repeats(pairs: list[tuple[str, Any]]) -> None:
+    if len(pairs) != len(dict(pairs)):
+        raise _Repeated
+
+
+class _Object(dict[str, Any]):
+    repeated: str | None = None
+
+
+def _marked(pairs: list[tuple[str, Any]]) -> _Object:
+    found = _Object()
+    for name, value in pairs:
+        if name in found and found.repeated is None:
+            found.repeated = name
+        found[name] = value
+    return found
+
+
+_CHECK = json.JSONDecoder(object_pairs_hook=_refuse_repeats)
+_MARK = json.JSONDecoder(object_pairs_hook=_marked)
+
+
+def repeated_key(text: str) -> str | None:
+    """The dotted path of the first key an object of this valid JSON repeats, or None.
+
+    Keys compare after unescaping ("hash" and "h\\u0061sh" are one key), as
+    every JSON reader sees them.
+    """
+    try:
+        _CHECK.decode(text)
+    except _Repeated:
+        pass
+    except RecursionError:
+        raise MalformedRequest("the body is nested too deeply") from None
+    else:
+        return None
+    # Only for a body that repeats a key: parse again, keeping where.
+    pending: list[tuple[str, Any]] = [("", _MARK.decode(text))]
+    while pending:
+        prefix, value = pending.pop(0)
+        if isinstance(value, _Object):
+            if value.repeated is not None:
+                return prefix + value.repeated
+            pending.extend((f"{prefix}{name}.", item) for name, item in value.items())
+        elif isinstance(value, list):
+            pending.extend((f"{prefix}{index}.", item) for index, item in enumerate(value))
+    raise AssertionError("a repeated key was seen, then not found")
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A body that must be one JSON object whose objects name each key once."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MalformedRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise MalformedRequest("the body must be a JSON object")
+    repeated = repeated_key(raw.decode())
+    if repeated is not None:
+        raise InvalidParameters([Problem(repeated, REPEATED)])
+    return body

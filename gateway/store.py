@@ -88,7 +88,10 @@ PING = "SELECT 1"
 # internal pool, never by a scrape: one pass over the table, no lock beyond a
 # plain read.
 COUNT_REGISTRATIONS_BY_PROVIDER = """
-SELECT provider, count(*) AS registrations FROM registrations GROUP BY provider
+-- Registrations of expired, not yet purged sessions are gone to every caller.
+SELECT r.provider, count(*) AS registrations
+FROM registrations AS r JOIN sessions AS s ON s.id = r.session_id AND s.expires_at > now()
+GROUP BY r.provider
 """
 
 
@@ -230,10 +233,19 @@ def plan_writes(writes: Sequence[tuple[ResolvedSession, WriteCommand]]) -> Write
 DATABASE_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
+# Postgres aborts one side of a deadlock, or a transaction that lost a
+# serialization race: nothing was written, and running it again succeeds.
+CONFLICTS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
 def _is_unavailable(exc: BaseException) -> bool:
+    # A conflict still there after its retries is contention, not a fault:
+    # the caller is told to retry soon (503), never that the request failed.
     return isinstance(
         exc,
-        OSError
+        asyncpg.DeadlockDetectedError
+        | asyncpg.SerializationError
+        | OSError
         | asyncio.TimeoutError
         | asyncpg.InterfaceError
         | asyncpg.PostgresConnectionError
@@ -356,17 +368,12 @@ class Store:
 
     async def end_session(self, session: SessionRef) -> None:
         self.sessions.forget(session.token_sha256)
-        try:
-            async with self._connection() as connection:
-                was_live = await connection.fetchval(END_SESSION, session.token_sha256)
-        except DATABASE_FAILURES as exc:
-            raise translate(exc) from exc
+        was_live = await self._retrying_conflicts(END_SESSION, session.token_sha256)
         if not was_live:
             raise SessionNotFound()
 
     async def purge_expired_sessions(self) -> int:
-        async with self._connection() as connection:
-            count: int = await connection.fetchval(PURGE_EXPIRED_SESSIONS)
+        count: int = await self._retrying_conflicts(PURGE_EXPIRED_SESSIONS)
         return count
 
     async def list_registrations(self, query: ListRegistrations) -> list[dict[str, Any]]:
@@ -436,7 +443,7 @@ class Store:
                     return outcomes
                 try:
                     dead = await connection.fetchval(APPLY_WRITES, plan_writes(writes).document())
-                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                except CONFLICTS:
                     conflicts += 1
                     if conflicts > RETRIES_ON_CONFLICT:
                         raise
@@ -487,23 +494,29 @@ class Store:
         providers = [dead.provider.value for dead in command.tokens]
         tokens = [dead.token for dead in command.tokens]
         observed = [dead.observed_at for dead in command.tokens]
+        removed: int = await self._retrying_conflicts(PRUNE_TOKENS, providers, tokens, observed)
+        return removed
+
+    async def _retrying_conflicts(self, query: str, *arguments: Any) -> Any:
+        """One statement's value, run again when Postgres aborts it on a conflict.
+
+        Ending or purging a session cascades to its registrations, and pruning
+        deletes registrations by token: each locks rows in an order of its own,
+        so it can meet a write batch head on (the batch moving a user's devices
+        in the other order), and Postgres aborts one of the two. The batch
+        retries on its own; these retry here.
+        """
         conflicts = 0
         while True:
             try:
                 async with self._connection() as connection:
-                    removed: int = await connection.fetchval(
-                        PRUNE_TOKENS, providers, tokens, observed
-                    )
-            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
-                # The statement locks its rows in no set order, so it can meet a
-                # write batch head on; Postgres aborts one of the two.
+                    return await connection.fetchval(query, *arguments)
+            except CONFLICTS as exc:
                 conflicts += 1
                 if conflicts > RETRIES_ON_CONFLICT:
                     raise translate(exc) from exc
-                continue
             except DATABASE_FAILURES as exc:
                 raise translate(exc) from exc
-            return removed
 
     # -------------------------------------------------- the operators' metrics
 
@@ -588,7 +601,8 @@ WHERE r.category_filter = '*'
 """
 
 # One statement on the (provider, token) unique index; a token listed twice is
-# counted once.
+# counted once. Registrations of expired, not yet purged sessions go too, but
+# are not counted: to every caller they are already gone.
 PRUNE_TOKENS = """
 WITH gone AS (
     DELETE FROM registrations AS r
@@ -596,9 +610,9 @@ WITH gone AS (
     WHERE r.provider = dead.provider AND r.token = dead.token
       -- Registered again after the push service saw it dead: a new install.
       AND (dead.observed_at IS NULL OR r.updated_at <= dead.observed_at)
-    RETURNING r.id
+    RETURNING r.session_id
 )
-SELECT count(*) FROM gone
+SELECT count(*) FROM gone JOIN sessions AS s ON s.id = gone.session_id AND s.expires_at > now()
 """
 
 

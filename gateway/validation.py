@@ -4,25 +4,40 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
-from urllib.parse import urlsplit
+import unicodedata
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote, unquote, urlsplit
 
+import idna
 from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
     "DEFAULT_CATEGORIES",
     "MAX_ID_LENGTH",
+    "MAX_SESSION_TTL",
     "category_filter_admits",
     "check_fcm_token",
     "check_identifier",
+    "check_recent_moment",
     "check_webpush_auth",
-    "check_webpush_endpoint",
     "check_webpush_p256dh",
+    "host_is_allowed",
     "normalize_apns_token",
     "normalize_category_filter",
+    "normalize_host",
+    "normalize_webpush_endpoint",
 ]
 
 MAX_ID_LENGTH = 255
+
+# The longest a session may last, in seconds, wherever its lifetime comes from
+# (GATEWAY_SESSION_TTL, `session create --ttl`, the internal API): ten years.
+# Checked before anything is written; far beyond it the expiry would not even
+# read back as a Python datetime.
+MAX_SESSION_TTL = 10 * 365 * 86400
 
 APNS_TOKEN_MIN_LENGTH = 32
 APNS_TOKEN_MAX_LENGTH = 200
@@ -117,7 +132,95 @@ def check_fcm_token(value: str) -> str:
     return value
 
 
-def check_webpush_endpoint(value: str) -> str:
+# Names that lead inside a network by definition, never to a push service:
+# RFC 6761's localhost, invalid and test, mDNS's local (RFC 6762), ICANN's
+# internal, home.arpa and every other arpa name, onion (RFC 7686) and alt
+# (RFC 9476), and the suffixes sites use privately and ICANN will never
+# delegate. (example stays: it is the documentation name, and resolves to
+# nothing; the sender's address check stands behind this list.)
+SPECIAL_USE_SUFFIXES: frozenset[str] = frozenset(
+    {
+        "localhost", "local", "localdomain", "internal", "intranet", "lan", "home", "corp",
+        "private", "arpa", "onion", "alt", "invalid", "test",
+    }
+)
+
+# One LDH label, in lowercase. A top-level label must begin with a letter:
+# every way of writing an IPv4 address (dotted, shortened, integer, hex,
+# octal) ends in a number, so none of them is a DNS name here.
+_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_TOP_LABEL_RE = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+# %00-%1F and %7F: a NUL or a newline smuggled past the raw-character check.
+_ESCAPED_CONTROL_RE = re.compile(r"%(?:[01][0-9A-Fa-f]|7[Ff])")
+HOST_MAX_LENGTH = 253
+DEFAULT_HTTPS_PORT = 443
+
+# Characters that are invisible or reorder text: a host or path holding one
+# looks like another it is not.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Co", "Cn", "Cs", "Zl", "Zp", "Zs"})
+
+
+def _has_invisible(value: str) -> bool:
+    return not value.isascii() and any(
+        unicodedata.category(ch) in _INVISIBLE_CATEGORIES for ch in value
+    )
+
+
+def normalize_host(raw: str) -> str:
+    """A host as a public DNS name in its one canonical spelling, or ValueError.
+
+    Percent-escapes are undone (as a browser's URL parser does), the name is
+    mapped to lowercase A-labels with IDNA (UTS 46) and a trailing dot is
+    dropped; IP literals, single labels and special-use names are refused.
+    """
+    try:
+        host = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise ValueError("must have a host that is valid UTF-8") from None
+    if _has_control(host) or _has_invisible(host) or any(ch.isspace() for ch in host):
+        raise ValueError("must not have control, invisible or space characters in its host")
+    if host.isascii() and "xn--" not in host.lower():
+        host = host.lower()
+    else:
+        try:
+            host = idna.encode(host, uts46=True, transitional=False).decode("ascii")
+        except (idna.IDNAError, UnicodeError):
+            raise ValueError("must have a valid internationalised host name") from None
+    if host.endswith("."):
+        host = host[:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        raise ValueError("must name its host by a DNS name, not an IP address")
+    labels = host.split(".")
+    if len(host) > HOST_MAX_LENGTH or not all(_LABEL_RE.fullmatch(label) for label in labels):
+        raise ValueError("must have a valid DNS host name")
+    if not _TOP_LABEL_RE.fullmatch(labels[-1]):
+        raise ValueError("must name its host by a DNS name, not an IP address")
+    if len(labels) < 2:
+        raise ValueError("must have a fully qualified host name, not a single label")
+    if labels[-1] in SPECIAL_USE_SUFFIXES:
+        raise ValueError(f"must have a public host, not a .{labels[-1]} name")
+    return host
+
+
+def host_is_allowed(host: str, allowed: Iterable[str]) -> bool:
+    """Whether a normalised host is one of ``allowed`` or under one, label by label."""
+    return any(host == suffix or host.endswith("." + suffix) for suffix in allowed)
+
+
+def normalize_webpush_endpoint(value: str, allowed_hosts: Iterable[str] | None = None) -> str:
+    """A Web Push endpoint in its one canonical spelling, or ValueError.
+
+    The one function for endpoints, wherever they come from (a bind, a
+    feedback entry), so that two spellings of one subscription are one token:
+    scheme and host in lowercase, the host as IDNA A-labels without a trailing
+    dot, no default port, an empty path as "/". The host must be a public DNS
+    name and, when ``allowed_hosts`` is given, one of them or under one.
+    """
     if len(value) > WEBPUSH_ENDPOINT_MAX_LENGTH:
         raise ValueError(f"must be at most {WEBPUSH_ENDPOINT_MAX_LENGTH} characters")
     # urlsplit silently drops tabs and newlines (WHATWG behaviour), so they
@@ -127,21 +230,54 @@ def check_webpush_endpoint(value: str) -> str:
         raise ValueError("must not contain whitespace or control characters")
     if not _is_utf8_encodable(value):
         raise ValueError("must be valid unicode (no lone surrogates)")
+    if _has_invisible(value):
+        raise ValueError("must not contain invisible characters")
+    if _ESCAPED_CONTROL_RE.search(value):
+        raise ValueError("must not contain percent-encoded control characters")
+    # A browser reads a backslash as a slash in an https URL, urlsplit does
+    # not: the two would see different hosts.
+    if "\\" in value:
+        raise ValueError("must not contain backslashes")
     try:
         parts = urlsplit(value)
-        hostname = parts.hostname
-        _ = parts.port  # raises on a malformed port such as ':abc'
     except ValueError:
         raise ValueError("must be a valid URL") from None
     # The push service holds the subscription's secrets in transit; plain
     # http would leak them.
-    if parts.scheme != "https":
+    if parts.scheme != "https" or not value[:8].lower() == "https://":
         raise ValueError("must be an https URL")
     if "@" in parts.netloc:
         raise ValueError("must not contain credentials")
-    if not hostname:
+    if "#" in value:
+        raise ValueError("must not have a fragment")
+    if "[" in parts.netloc or "]" in parts.netloc:
+        if not parts.netloc.startswith("[") or "]" not in parts.netloc:
+            raise ValueError("must be a valid URL")
+        raise ValueError("must name its host by a DNS name, not an IP address")
+    raw_host, colon, raw_port = parts.netloc.rpartition(":")
+    if not colon:
+        raw_host, raw_port = parts.netloc, ""
+    port = DEFAULT_HTTPS_PORT
+    if raw_port:
+        if not _PORT_RE.fullmatch(raw_port):
+            raise ValueError("must be a valid URL")
+        port = int(raw_port)
+        if not 1 <= port <= 65535:
+            raise ValueError("must have a port between 1 and 65535")
+    if not raw_host:
         raise ValueError("must have a host")
-    return value
+    host = normalize_host(raw_host)
+    if allowed_hosts is not None and not host_is_allowed(host, allowed_hosts):
+        raise ValueError("must be on a push service this gateway accepts")
+    netloc = host if port == DEFAULT_HTTPS_PORT else f"{host}:{port}"
+    path = parts.path or "/"
+    if not path.isascii():
+        # As a browser serialises it: UTF-8, percent-encoded.
+        path = quote(path, safe="/%:@!$&'()*+,;=~-._")
+    query = parts.query
+    if not query.isascii():
+        query = quote(query, safe="/%:@!$&'()*+,;=?~-._")
+    return f"https://{netloc}{path}?{query}" if query else f"https://{netloc}{path}"
 
 
 def _decode_base64url(value: str, size: int) -> bytes:
@@ -232,3 +368,23 @@ def category_filter_admits(normalized: str, category: str) -> bool:
     if names is None:
         return True
     return (category in names) != exclude
+
+
+# A moment a push service reported: after push services existed, and not
+# later than a clock a day fast. Outside, it is a mistake; far outside, it
+# would not even convert to UTC (9999-12-31T23:59:59-23:59) on its way to
+# PostgreSQL.
+EARLIEST_MOMENT = datetime(1970, 1, 1, tzinfo=UTC)
+CLOCK_SKEW = timedelta(days=1)
+
+
+def check_recent_moment(value: datetime) -> datetime:
+    """An aware datetime in [1970-01-01Z, a day from now], as UTC."""
+    message = "must be between 1970-01-01T00:00:00Z and a day from now"
+    try:
+        moment = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(message) from None
+    if not EARLIEST_MOMENT <= moment <= datetime.now(UTC) + CLOCK_SKEW:
+        raise ValueError(message)
+    return moment

@@ -19,10 +19,10 @@ from gateway.validation import (
     check_fcm_token,
     check_identifier,
     check_webpush_auth,
-    check_webpush_endpoint,
     check_webpush_p256dh,
     normalize_apns_token,
     normalize_category_filter,
+    normalize_webpush_endpoint,
 )
 
 APNS_TOKEN = "740F4707BEBCF74F9B7C25D48E3358945F6AA01DA5DDB387462C7EAF61BB78AD"
@@ -184,11 +184,14 @@ def test_fcm_token_with_foreign_character_is_rejected(bad: str) -> None:
         ENDPOINT,
         "https://updates.push.services.mozilla.com/wpush/v2/gAAAAABc?x=1",
         "https://push.example:8443/p/abc",
-        "HTTPS://push.example/p",
     ],
 )
 def test_webpush_endpoint_is_accepted(url: str) -> None:
-    assert check_webpush_endpoint(url) == url
+    assert normalize_webpush_endpoint(url) == url
+
+
+def test_webpush_endpoint_scheme_is_accepted_in_any_case_and_stored_lowercase() -> None:
+    assert normalize_webpush_endpoint("HTTPS://push.example/p") == "https://push.example/p"
 
 
 @pytest.mark.parametrize(
@@ -197,19 +200,19 @@ def test_webpush_endpoint_is_accepted(url: str) -> None:
 )
 def test_webpush_endpoint_must_be_https(url: str) -> None:
     with pytest.raises(ValueError, match="https URL"):
-        check_webpush_endpoint(url)
+        normalize_webpush_endpoint(url)
 
 
 @pytest.mark.parametrize("url", ["https:///path", "https://", "https://:443/p"])
 def test_webpush_endpoint_without_host_is_rejected(url: str) -> None:
     with pytest.raises(ValueError, match="must have a host"):
-        check_webpush_endpoint(url)
+        normalize_webpush_endpoint(url)
 
 
 @pytest.mark.parametrize("url", ["https://user:pass@push.example/p", "https://user@push.example/p"])
 def test_webpush_endpoint_with_userinfo_is_rejected(url: str) -> None:
     with pytest.raises(ValueError, match="credentials"):
-        check_webpush_endpoint(url)
+        normalize_webpush_endpoint(url)
 
 
 @pytest.mark.parametrize(
@@ -224,25 +227,25 @@ def test_webpush_endpoint_with_userinfo_is_rejected(url: str) -> None:
 )
 def test_webpush_endpoint_with_whitespace_or_control_is_rejected(url: str) -> None:
     with pytest.raises(ValueError, match="whitespace or control"):
-        check_webpush_endpoint(url)
+        normalize_webpush_endpoint(url)
 
 
 def test_webpush_endpoint_over_2048_characters_is_rejected() -> None:
     base = "https://push.example/"
-    assert check_webpush_endpoint(base + "a" * (2048 - len(base)))
+    assert normalize_webpush_endpoint(base + "a" * (2048 - len(base)))
     with pytest.raises(ValueError, match="at most 2048"):
-        check_webpush_endpoint(base + "a" * (2049 - len(base)))
+        normalize_webpush_endpoint(base + "a" * (2049 - len(base)))
 
 
 @pytest.mark.parametrize("url", ["https://push.example:abc/p", "https://[::1/p"])
 def test_webpush_endpoint_malformed_is_rejected(url: str) -> None:
     with pytest.raises(ValueError, match="valid URL"):
-        check_webpush_endpoint(url)
+        normalize_webpush_endpoint(url)
 
 
 def test_webpush_endpoint_with_surrogate_is_rejected() -> None:
     with pytest.raises(ValueError, match="surrogates"):
-        check_webpush_endpoint("https://push.example/\udc80")
+        normalize_webpush_endpoint("https://push.example/\udc80")
 
 
 # --- Web Push p256dh -------------------------------------------------------

@@ -10,6 +10,7 @@ import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -42,7 +43,7 @@ from gateway.errors import (
     UnknownEndpoint,
 )
 from gateway.keys import INTERNAL_STORE, SETTINGS
-from gateway.parsing import Text, load, one_of
+from gateway.parsing import Text, json_object, load, one_of
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,8 @@ MAX_SESSION_BODY_BYTES = 64 * 1024
 # would cost a syscall each, one write of everything would hold it all.
 WRITE_CHUNK_BYTES = 64 * 1024
 
-# The same ceiling GATEWAY_SESSION_TTL has.
-MAX_SESSION_TTL = 10 * 365 * 86400
+# The same ceiling GATEWAY_SESSION_TTL and the command line have.
+MAX_SESSION_TTL = validation.MAX_SESSION_TTL
 
 # Error bodies list at most this many bad parameters: a list of 100,000 bad
 # user ids must not come back whole.
@@ -82,7 +83,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TOKEN_CHECKS: dict[Provider, Callable[[str], str]] = {
     Provider.APNS: validation.normalize_apns_token,
     Provider.FCM: validation.check_fcm_token,
-    Provider.WEBPUSH: validation.check_webpush_endpoint,
+    # Normalised as a bind stores it, so that any spelling of a subscription
+    # prunes it. The allow-list is not applied: it guards what is stored, and
+    # an endpoint stored before it was narrowed must still be prunable.
+    Provider.WEBPUSH: validation.normalize_webpush_endpoint,
 }
 # What each push service says when a token is gone for good: APNs 410
 # Unregistered and 400 BadDeviceToken, FCM v1 UNREGISTERED, and the HTTP status
@@ -146,6 +150,17 @@ class WholeSeconds(fields.Integer):
         return result
 
 
+class RecentMoment(fields.AwareDateTime):
+    """An RFC 3339 date-time with an offset, within validation.check_recent_moment's range."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        moment: datetime = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return validation.check_recent_moment(moment)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+
+
 class TargetsSchema(Schema):
     """The body of POST /internal/v1/targets."""
 
@@ -181,7 +196,7 @@ class DeadTokenSchema(Schema):
     reason = Text(required=True)
     # RFC 3339 with an offset: a push service's answer is a moment, not a
     # wall-clock reading in an unknown zone.
-    observed_at = fields.AwareDateTime(
+    observed_at = RecentMoment(
         load_default=None,
         error_messages={
             "invalid": "must be an RFC 3339 date-time",
@@ -274,13 +289,7 @@ async def _json_object(request: web.Request, limit: int) -> dict[str, Any]:
                 raise RequestTooLarge(f"the body must be at most {limit} bytes")
     except RequestPayloadError:
         raise MalformedRequest("the body does not match its Content-Encoding") from None
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise MalformedRequest("the body is not valid JSON") from None
-    if not isinstance(parsed, dict):
-        raise MalformedRequest("the body must be a JSON object")
-    return parsed
+    return json_object(bytes(body))
 
 
 # ------------------------------------------------------------------ the key

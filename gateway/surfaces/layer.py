@@ -41,7 +41,7 @@ from gateway.errors import (
     UnknownEndpoint,
 )
 from gateway.keys import EXECUTOR, SETTINGS
-from gateway.parsing import SESSION_KEY, Text, load, one_of, read_body
+from gateway.parsing import SESSION_KEY, Text, json_object, load, one_of, read_body
 
 MEDIA_TYPE = "application/vnd.layer+json"
 DOCS_URL = "https://developer.layer.com/docs/client/rest"
@@ -190,13 +190,7 @@ def _session(request: web.Request) -> SessionRef:
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await read_body(request))
-    except orjson.JSONDecodeError:
-        raise MalformedRequest("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise MalformedRequest("the body must be a JSON object")
-    return body
+    return json_object(await read_body(request))
 
 
 @_route

@@ -38,10 +38,12 @@ from gateway.errors import (
 )
 from gateway.keys import EXECUTOR, SETTINGS
 from gateway.parsing import (
+    REPEATED,
     SESSION_KEY,
     JsonObject,
     Text,
     decode_pairs,
+    json_object,
     load,
     one_of,
     read_body,
@@ -58,7 +60,6 @@ _APPLICATIONS = {
 _TOKEN_CHECKS: dict[Provider, Callable[[str], str]] = {
     Provider.APNS: validation.normalize_apns_token,
     Provider.FCM: validation.check_fcm_token,
-    Provider.WEBPUSH: validation.check_webpush_endpoint,
 }
 _SUCCESS = orjson.dumps({"success": True})
 
@@ -87,16 +88,24 @@ class BindSchema(Schema):
     category_filter = Text(load_default="*")
     session = fields.Raw(required=True, data_key=SESSION_KEY)
 
-    def __init__(self, categories: frozenset[str]) -> None:
+    def __init__(
+        self, categories: frozenset[str], webpush_hosts: tuple[str, ...] | None = None
+    ) -> None:
         super().__init__()
         self.categories = categories
+        self.webpush_hosts = webpush_hosts
+
+    def _check_token(self, provider: Provider, token: str) -> str:
+        if provider is Provider.WEBPUSH:
+            return validation.normalize_webpush_endpoint(token, self.webpush_hosts)
+        return _TOKEN_CHECKS[provider](token)
 
     @post_load
     def make_command(self, data: dict[str, Any], **_: Any) -> RegisterToken:
         provider = _APPLICATIONS[data["application"]]
         errors: dict[str, list[str]] = {}
         try:
-            token = _TOKEN_CHECKS[provider](data["token"])
+            token = self._check_token(provider, data["token"])
         except ValueError as exc:
             errors["token"] = [str(exc)]
         if provider is Provider.WEBPUSH and data["parameters"] is None:
@@ -133,7 +142,7 @@ def _single_values(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
             repeated.append(name)
         values[name] = value
     if repeated:
-        raise InvalidParameters([Problem(name, "is given more than once") for name in repeated])
+        raise InvalidParameters([Problem(name, REPEATED) for name in repeated])
     return values
 
 
@@ -143,12 +152,7 @@ async def _parameters(request: web.Request) -> dict[str, Any]:
     if request.method != "POST" or not request.body_exists:
         return parameters
     if request.content_type == "application/json":
-        try:
-            body = orjson.loads(await read_body(request))
-        except orjson.JSONDecodeError:
-            raise MalformedRequest("the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise MalformedRequest("the body must be a JSON object")
+        body = json_object(await read_body(request))
     elif request.content_type == "application/x-www-form-urlencoded":
         body = _single_values(decode_pairs(await read_body(request), request.charset))
     elif request.content_type == "multipart/form-data":
@@ -216,7 +220,9 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def unknown_action(request: web.Request) -> web.Response:
-    if request.match_info["action"].strip("/") in ACTIONS:
+    # Only the exact paths setup_routes serves name an action, as sent (an
+    # escaped slash in ".../delete%2F" is not one): /v2//user/logout names none.
+    if request.raw_path.partition("?")[0] in SERVED_PATHS:
         raise MethodNotAllowed()
     raise UnknownEndpoint()
 
@@ -228,8 +234,15 @@ ACTIONS: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {
 }
 
 
+# Each action with and without a trailing slash, under /v2 and at the root.
+SERVED_PATHS = frozenset(
+    f"{prefix}/{action}{slash}" for prefix in PREFIXES for action in ACTIONS for slash in ("", "/")
+)
+
+
 def setup_routes(app: web.Application) -> None:
-    app[BIND_SCHEMA] = BindSchema(app[SETTINGS].categories)
+    settings = app[SETTINGS]
+    app[BIND_SCHEMA] = BindSchema(settings.categories, settings.webpush_allowed_hosts)
     for prefix in PREFIXES:
         for action, handler in ACTIONS.items():
             for path in (f"{prefix}/{action}", f"{prefix}/{action}/"):

@@ -193,11 +193,9 @@ def test_invalid_utf8_escape_inside_a_value_is_refused_not_replaced(gateway, for
     assert navixy_error(answer)["status"]["code"] in {5, 7}
 
 
-def test_duplicate_json_key_takes_the_last_value_as_json_parsers_do(gateway):
-    # A policy, pinned: RFC 8259 leaves repeated names to the parser, and the
-    # usual answer (orjson's, JSON.parse's) is the last one. A repeated query
-    # or form parameter is refused instead, as there repetition is how lists
-    # are sent and no last-one rule is common ground.
+def test_duplicate_json_key_is_refused_naming_it(gateway):
+    # As a repeated query or form parameter is: with a last-one rule a second
+    # "hash" bound the request to another user (issue 9, item 8).
     world = gateway.world()
     body = (
         b'{"hash":"%s","application":"navixy_android_viewer",'
@@ -206,11 +204,10 @@ def test_duplicate_json_key_takes_the_last_value_as_json_parsers_do(gateway):
     request = Request(
         "POST", f"/v2/{BIND}".encode(), ((b"Content-Type", b"application/json"),), body
     )
-    gateway.pristine()
+    before = gateway.pristine()
     answer = gateway.send(request)
-    gateway.changed()
-    after = gateway.snapshot()
-    assert answer.status == 200
-    stored = {r["token"] for r in after.registrations.values()}
-    assert "second-token-2" in stored
-    assert "first-token-1" not in stored
+    assert answer.status == 400
+    assert navixy_error(answer)["errors"] == [
+        {"parameter": "token", "error": "is given more than once"}
+    ]
+    assert gateway.snapshot() == before
