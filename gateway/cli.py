@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config import ConfigError, Settings
-from gateway.database import redact, resolve_database_url
+from gateway.embedded import redact, resolve_database_url
 from gateway.errors import GatewayError, SessionNotFound
 from gateway.validation import MAX_SESSION_TTL
 
@@ -122,11 +122,14 @@ def _serve_one(settings: Settings, buckets_name: str | None = None, lock: Any = 
     """
     import uvloop
 
+    from gateway import protocol
     from gateway.app import create_app
     from gateway.observability import AccessLogger, setup_logging
     from gateway.ratelimit import RateLimiter, SharedBuckets
 
     setup_logging(logging.INFO)
+    # Fails here, before the port is bound, if aiohttp changed what it overrides.
+    protocol.install()
     buckets = SharedBuckets(buckets_name) if buckets_name else None
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst, buckets, lock)
     web.run_app(

@@ -43,11 +43,17 @@ class GroupCommitter:
     command's transaction has committed.
     """
 
-    # Told each batch's size before it is written; gateway.observability sets it.
-    on_batch: Callable[[int], None] | None = None
-
-    def __init__(self, store: Store, *, max_batch: int = 1024, max_pending: int = 10_000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_batch: int = 1024,
+        max_pending: int = 10_000,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self._store = store
+        # Told each batch's size before it is written (the metrics' histogram).
+        self.on_batch = on_batch
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._pending: list[tuple[WriteCommand, asyncio.Future[GatewayError | None]]] = []

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
-import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,6 +19,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_l
 from marshmallow.validate import Range
 
 from gateway import validation
+from gateway.bearer import bearer_matches, key_digest
 from gateway.commands import (
     DeadToken,
     FindTargets,
@@ -293,22 +292,6 @@ async def _json_object(request: web.Request, limit: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ the key
-
-
-def key_digest(key: str) -> bytes:
-    """What a bearer key is kept as and compared by (see bearer_matches)."""
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
-
-
-def bearer_matches(request: web.Request, expected: bytes | None) -> bool:
-    """Whether the request's ``Authorization: Bearer`` key has the digest ``expected``."""
-    scheme, _, credential = request.headers.get("Authorization", "").strip().partition(" ")
-    # Digests of equal length, so the comparison takes the same time whatever
-    # the caller sent, its length included.
-    presented = key_digest(credential.strip())
-    if expected is None or scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(presented, expected)
 
 
 def _authorize(request: web.Request) -> None:
