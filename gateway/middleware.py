@@ -18,7 +18,7 @@ from gateway.errors import (
     UnknownEndpoint,
 )
 from gateway.observability import metrics
-from gateway.observability.logs import route_of
+from gateway.observability.logs import OBSERVATION, Observation, route_of
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     The app's only middleware, so it also marks when the request reached the
     app, for the latency the metrics count when the answer is prepared.
     """
-    request[metrics.REQUEST_STARTED] = time.perf_counter()
+    observation = request[OBSERVATION] = Observation(time.perf_counter())
     try:
         return await handler(request)
     except GatewayError as exc:
@@ -68,7 +68,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except asyncio.CancelledError:
         # The client went away and aiohttp cancelled the handler: no answer
         # will be prepared, so it is counted here.
-        metrics.count_response(request, metrics.CLIENT_CLOSED_REQUEST)
+        metrics.count_response(request, observation, metrics.CLIENT_CLOSED_REQUEST)
         raise
     except Exception:
         log.exception("unhandled error in %s %s", request.method, route_of(request))

@@ -35,7 +35,7 @@ async def _observe_response(request: web.Request, response: StreamResponse) -> N
     # Every answer the app prepares passes here once, streamed or not, whatever
     # handler or error made it: no middleware of its own, no context variable.
     response.headers[REQUEST_ID_HEADER] = request_id_of(request)
-    metrics.count_response(request, response.status)
+    metrics.count_response(request, logs.observation_of(request), response.status)
 
 
 def setup(app: web.Application, dialect_at: Callable[[str], str]) -> None:

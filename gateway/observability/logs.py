@@ -29,21 +29,45 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _ID_PREFIX = os.urandom(8).hex()
 _id_counter = itertools.count(1)
 
-# The request's id, worked out the first time something asks (a log line, the
-# answer's header) and kept on the request itself.
-REQUEST_ID = web.RequestKey("gateway_request_id", str)
+class Observation:
+    """What is noted of a request: when it reached the app, and its id once something asks.
+
+    One object per request, kept on the request: no context variable to set
+    and reset, no middleware of its own.
+    """
+
+    __slots__ = ("request_id", "started")
+
+    def __init__(self, started: float | None) -> None:
+        # time.perf_counter() when the app began on it; None once counted, or
+        # for a request answered before the app (the parser's refusals, Expect).
+        self.started = started
+        self.request_id: str | None = None
+
+
+OBSERVATION = web.RequestKey("gateway_observation", Observation)
+
+
+def observation_of(request: BaseRequest) -> Observation:
+    """The request's Observation; one made now for a request the app never saw."""
+    try:
+        return request[OBSERVATION]
+    except KeyError:
+        observation = request[OBSERVATION] = Observation(None)
+        return observation
 
 
 def request_id_of(request: BaseRequest) -> str:
     """The caller's X-Request-Id when it is safe to echo, else a new one; the same every call."""
-    request_id = request.get(REQUEST_ID)
+    observation = observation_of(request)
+    request_id = observation.request_id
     if request_id is None:
         given = request.headers.get(REQUEST_ID_HEADER)
         if given is not None and _SANE_REQUEST_ID.fullmatch(given):
             request_id = given
         else:
             request_id = f"{_ID_PREFIX}{next(_id_counter):016x}"
-        request[REQUEST_ID] = request_id
+        observation.request_id = request_id
     return request_id
 
 

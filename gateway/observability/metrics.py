@@ -23,7 +23,7 @@ from gateway.bearer import bearer_matches, key_digest
 from gateway.commands import Provider
 from gateway.errors import GatewayError
 from gateway.keys import DATABASE_PROBE, INTERNAL_PROBE, SETTINGS
-from gateway.observability.logs import route_of
+from gateway.observability.logs import Observation, route_of
 from gateway.probes import DatabaseProbe
 
 log = logging.getLogger(__name__)
@@ -223,18 +223,15 @@ class Metrics:
 
 METRICS = web.AppKey("metrics", Metrics)
 
-# When the request reached the app (time.perf_counter()), set by the error
-# middleware: a response without it was answered before the app (a refused
-# Expect) and is not counted, as no middleware saw it.
-REQUEST_STARTED = web.RequestKey("gateway_request_started", float)
 # nginx's status for a request whose client went away.
 CLIENT_CLOSED_REQUEST = 499
 
 
-def count_response(request: web.Request, status: int) -> None:
-    """Counts and times the request's answer; at most once per request."""
-    started = request.pop(REQUEST_STARTED, None)
+def count_response(request: web.Request, observation: Observation, status: int) -> None:
+    """Counts and times the request's answer, once; not one the app never saw."""
+    started = observation.started
     if started is not None:
+        observation.started = None
         request.app[METRICS].observe_request(request, status, time.perf_counter() - started)
 
 
