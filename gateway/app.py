@@ -24,7 +24,7 @@ from gateway.executor import Executor, GroupCommitter
 from gateway.keys import EXECUTOR, RATE_LIMITER, SETTINGS
 from gateway.ratelimit import RateLimiter
 from gateway.store import Store, create_pool
-from gateway.surfaces import internal, layer, navixy
+from gateway.surfaces import internal, layer, navixy, notifications
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,7 @@ def create_app(settings: Settings, limiter: RateLimiter | None = None) -> web.Ap
     app.router.add_get("/health/ready", health_ready, allow_head=False)
     layer.setup_routes(app)
     navixy.setup_routes(app)
+    notifications.setup_routes(app)
     internal.setup_routes(app)
     # After database_ctx: it watches the writer database_ctx makes.
     observability.setup(app)

@@ -89,6 +89,21 @@ def _admin_token(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+APNS_PRODUCTION = "https://api.push.apple.com"
+APNS_SANDBOX = "https://api.sandbox.push.apple.com"
+
+
+def _apns_url(env: Mapping[str, str]) -> str:
+    raw = env.get("GATEWAY_APNS_URL") or APNS_PRODUCTION
+    named = {"production": APNS_PRODUCTION, "sandbox": APNS_SANDBOX}
+    url = named.get(raw, raw).rstrip("/")
+    if not url.startswith("https://"):
+        raise ConfigError(
+            f"GATEWAY_APNS_URL must be production, sandbox or an https URL, got {raw!r}"
+        )
+    return url
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, with the defaults a fresh checkout runs on."""
@@ -114,6 +129,29 @@ class Settings:
     # Past this many queued writes a process answers 503 at once instead of
     # queueing without end: at ~20k writes/s it is half a second of work.
     max_pending_writes: int = 10_000
+    # Delivery (gateway/delivery/). Worker tasks per process; None: one when any
+    # provider has credentials, else none.
+    delivery_workers: int | None = None
+    # sygnal's backoff: base x 2^n after the n-th failed attempt, quota answers
+    # (429) from a longer base; tests set them to 0.
+    delivery_retry_base: float = 10.0
+    delivery_quota_retry_base: float = 60.0
+    # A claimed row's lease: the worker must record the outcome before it ends,
+    # or the row is due again. Longer than any one send may take.
+    delivery_lease: float = 60.0
+    # How often an idle worker looks for due rows when no NOTIFY wakes it.
+    delivery_poll: float = 5.0
+    # Sends in flight at once, per provider.
+    delivery_concurrency: int = 256
+    # Delivered rows are kept this long (seconds), then purged.
+    delivery_retention: int = 7 * 86400
+    # APNs token auth: the .p8 key, its id, the team; the default topic for
+    # registrations without a bundle id; the service's base URL.
+    apns_key_file: Path | None = None
+    apns_key_id: str | None = None
+    apns_team_id: str | None = None
+    apns_topic: str | None = None
+    apns_url: str = APNS_PRODUCTION
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -136,7 +174,32 @@ class Settings:
             rate_limit=_float(env, "GATEWAY_RATE_LIMIT", 100.0, 1_000_000),
             rate_burst=_int(env, "GATEWAY_RATE_BURST", 200, 1, 1_000_000),
             max_pending_writes=_int(env, "GATEWAY_MAX_PENDING_WRITES", 10_000, 1, 10_000_000),
+            delivery_workers=_int(env, "GATEWAY_DELIVERY_WORKERS", -1, 0, 64)
+            if env.get("GATEWAY_DELIVERY_WORKERS")
+            else None,
+            delivery_retry_base=_float(env, "GATEWAY_DELIVERY_RETRY_BASE", 10.0, 86400),
+            delivery_quota_retry_base=_float(env, "GATEWAY_DELIVERY_QUOTA_RETRY_BASE", 60.0, 86400),
+            delivery_lease=_float(env, "GATEWAY_DELIVERY_LEASE", 60.0, 3600),
+            delivery_poll=_float(env, "GATEWAY_DELIVERY_POLL", 5.0, 3600),
+            delivery_concurrency=_int(env, "GATEWAY_DELIVERY_CONCURRENCY", 256, 1, 10_000),
+            delivery_retention=_int(
+                env, "GATEWAY_DELIVERY_RETENTION", 7 * 86400, 0, 10 * 365 * 86400
+            ),
+            apns_key_file=Path(key_file)
+            if (key_file := env.get("GATEWAY_APNS_KEY_FILE"))
+            else None,
+            apns_key_id=env.get("GATEWAY_APNS_KEY_ID") or None,
+            apns_team_id=env.get("GATEWAY_APNS_TEAM_ID") or None,
+            apns_topic=env.get("GATEWAY_APNS_TOPIC") or None,
+            apns_url=_apns_url(env),
         )
         if settings.pool_min_size > settings.pool_max_size:
             raise ConfigError("GATEWAY_POOL_MIN_SIZE must not exceed GATEWAY_POOL_MAX_SIZE")
+        apns = [settings.apns_key_file, settings.apns_key_id, settings.apns_team_id]
+        if any(apns) and not all(apns):
+            raise ConfigError(
+                "GATEWAY_APNS_KEY_FILE, GATEWAY_APNS_KEY_ID and GATEWAY_APNS_TEAM_ID go together"
+            )
+        if settings.delivery_lease < 1:
+            raise ConfigError("GATEWAY_DELIVERY_LEASE must be at least 1 second")
         return settings

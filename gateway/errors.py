@@ -76,3 +76,11 @@ class RateLimited(GatewayError):
 
 class AdminKeyRejected(GatewayError):
     """Raised by the internal surface when the admin key is missing or wrong, or none is set."""
+
+
+class NotificationNotFound(GatewayError):
+    """Raised by the store when no notification has the id asked for."""
+
+
+class IdempotencyKeyReused(GatewayError):
+    """Raised when an Idempotency-Key comes back with a request other than its first."""
