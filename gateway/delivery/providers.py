@@ -20,7 +20,7 @@ class Verdict(enum.StrEnum):
     """What the worker does with a delivery after one attempt."""
 
     DELIVERED = "delivered"
-    # Transient: network error, timeout, 429, 5xx, GOAWAY... retried with backoff until the TTL ends.
+    # Transient: network error, timeout, 429, 5xx, GOAWAY: retried with backoff until the TTL ends.
     RETRY = "retry"
     # Permanent, the token is fine: our payload or our credentials. Not retried, not pruned.
     FAILED = "failed"
