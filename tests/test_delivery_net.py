@@ -238,9 +238,7 @@ class _RecordingBackend(httpcore.AsyncNetworkBackend):
         return await self._real.connect_tcp("127.0.0.1", self.port, timeout=timeout)
 
 
-def _fake_dns(
-    monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]
-) -> list[str]:
+def _fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) -> list[str]:
     lookups: list[str] = []
     loop = asyncio.get_running_loop()
 
@@ -334,3 +332,21 @@ async def test_http2_goes_through_the_guard_and_multiplexes(ca: TestCA, h2_port:
         )
     assert [r.http_version for r in responses] == ["HTTP/2"] * 5
     assert [r.text for r in responses] == [f"/{n}" for n in range(5)]
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("120", 120.0),
+        ("Tue, 01 Dec 2026 20:01:30 GMT", 90.0),
+        ("Tue, 01 Dec 2026 19:00:00 GMT", 0.0),
+        ("soon", None),
+        (None, None),
+    ],
+)
+def test_retry_after_reads_seconds_and_http_dates(value: str | None, seconds: float | None) -> None:
+    from datetime import UTC, datetime
+
+    headers = httpx.Headers({} if value is None else {"Retry-After": value})
+    now = datetime(2026, 12, 1, 20, 0, 0, tzinfo=UTC)
+    assert net.retry_after(headers, now=now) == seconds

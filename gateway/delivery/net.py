@@ -29,6 +29,8 @@ import logging
 import socket
 import ssl
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import certifi
 import httpcore
@@ -255,3 +257,20 @@ def transport_outcome(exc: httpx.HTTPError) -> Outcome:
         alarm = _caused_by(exc, ssl.SSLCertVerificationError)
         return Outcome(Verdict.RETRY, reason=f"{type(exc).__name__}: {exc}", alarm=alarm)
     return Outcome(Verdict.FAILED, reason=f"{type(exc).__name__}: {exc}", alarm=True)
+
+
+def retry_after(headers: httpx.Headers, now: datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), or None."""
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if raw.isdigit():
+        return float(raw)
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
