@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import orjson
+
 from gateway.commands import Provider
 
 
@@ -83,3 +85,22 @@ class PushProvider(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def portable_message(push: Push) -> dict[str, Any]:
+    """The message as every provider without an override carries it."""
+    return {
+        "title": push.title,
+        "body": push.body,
+        "data": push.data,
+        "category": push.category,
+        "id": push.notification_id,
+    }
+
+
+def webpush_plaintext(push: Push) -> bytes:
+    """What a Web Push service receives (encrypted): the ``webpush`` override, else the message.
+
+    One function for the size check at POST and the provider, so both count the same bytes.
+    """
+    return orjson.dumps(push.override if push.override is not None else portable_message(push))
