@@ -7,6 +7,7 @@ import ipaddress
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -345,8 +346,6 @@ async def test_http2_goes_through_the_guard_and_multiplexes(ca: TestCA, h2_port:
     ],
 )
 def test_retry_after_reads_seconds_and_http_dates(value: str | None, seconds: float | None) -> None:
-    from datetime import UTC, datetime
-
     headers = httpx.Headers({} if value is None else {"Retry-After": value})
     now = datetime(2026, 12, 1, 20, 0, 0, tzinfo=UTC)
     assert net.retry_after(headers, now=now) == seconds

@@ -219,14 +219,9 @@ def classify(response: httpx.Response) -> Outcome:
         if token_field or "registration token" in message.lower():
             return Outcome(Verdict.PRUNE, status=status, reason=reason)
         return Outcome(Verdict.FAILED, status=status, reason=reason, alarm=True)
-    if status == 429 or status >= 500:
-        return Outcome(
-            Verdict.RETRY,
-            status=status,
-            reason=reason,
-            retry_after=net.retry_after(response.headers),
-            quota=status == 429,
-        )
+    retry = net.http_retry(response, reason)
+    if retry is not None:
+        return retry
     # 401 after a refresh, 403 PERMISSION_DENIED, a 404 for a wrong project...
     return Outcome(Verdict.FAILED, status=status, reason=reason, alarm=True)
 

@@ -274,3 +274,18 @@ def retry_after(headers: httpx.Headers, now: datetime | None = None) -> float | 
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def http_retry(response: httpx.Response, reason: str | None) -> Outcome | None:
+    """429 and 5xx, for every provider: retried after ``Retry-After`` when the
+    service gives one; a 429 backs off as a quota answer. None for any other status."""
+    status = response.status_code
+    if status != 429 and status < 500:
+        return None
+    return Outcome(
+        Verdict.RETRY,
+        status=status,
+        reason=reason,
+        retry_after=retry_after(response.headers),
+        quota=status == 429,
+    )

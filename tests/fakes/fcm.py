@@ -30,6 +30,7 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from multidict import CIMultiDict
 
 from tests.fakes.tls import TestCA
 
@@ -116,7 +117,7 @@ def unavailable(retry_after: int) -> Answer:
 @dataclass(frozen=True)
 class Received:
     token: str
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     message: dict[str, Any]
 
 
@@ -236,7 +237,7 @@ class FakeFcm:
             )
         message = (await request.json())["message"]
         token = message["token"]
-        self.received.append(Received(token, dict(request.headers), message))
+        self.received.append(Received(token, CIMultiDict(request.headers), message))
         queue = self.script.get(token)
         answer = queue.pop(0) if queue else OK
         if isinstance(answer, int):
