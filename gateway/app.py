@@ -12,6 +12,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway import observability, openapi
 from gateway.config import Settings
+from gateway.delivery.worker import delivery_ctx
 from gateway.errors import (
     GatewayError,
     InternalError,
@@ -182,6 +183,8 @@ def create_app(settings: Settings, limiter: RateLimiter | None = None) -> web.Ap
     app[SETTINGS] = settings
     app[RATE_LIMITER] = limiter or RateLimiter(settings.rate_limit, settings.rate_burst)
     app.cleanup_ctx.append(database_ctx)
+    # Delivery workers run in the server when provider credentials are configured.
+    app.cleanup_ctx.append(delivery_ctx)
     app.router.add_get("/health/live", health_live, allow_head=False)
     app.router.add_get("/health/ready", health_ready, allow_head=False)
     layer.setup_routes(app)

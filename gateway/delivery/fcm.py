@@ -250,7 +250,7 @@ class FcmProvider:
             return None
         account = ServiceAccount.load(settings.fcm_credentials)
         client = net.build_client(settings, purpose="fcm")
-        return cls(account, client, settings.fcm_url)
+        return cls(account, client, settings.fcm_url, settings.delivery_concurrency)
 
     async def send(self, push: Push) -> Outcome:
         body = orjson.dumps({"message": build_message(push)})

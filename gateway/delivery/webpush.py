@@ -180,7 +180,9 @@ class WebPushProvider:
         if settings.vapid_private_key is None or settings.vapid_subject is None:
             return None
         signer = VapidSigner(load_vapid_key(settings.vapid_private_key), settings.vapid_subject)
-        return cls(signer, net.build_client(settings, purpose="webpush"))
+        return cls(
+            signer, net.build_client(settings, purpose="webpush"), settings.delivery_concurrency
+        )
 
     def request(self, push: Push, now: datetime | None = None) -> httpx.Request | Outcome:
         """The encrypted request for ``push``, or the outcome that no request can have."""

@@ -25,7 +25,7 @@ from gateway.commands import (
     SendNotification,
     ShowNotification,
 )
-from gateway.delivery import payloads
+from gateway.delivery import apns, fcm, webpush
 from gateway.delivery.providers import Push
 from gateway.errors import InvalidParameters, Problem
 from gateway.keys import EXECUTOR, SETTINGS
@@ -183,14 +183,9 @@ def _largest_part(command: SendNotification) -> str:
 def _check_sizes(command: SendNotification) -> None:
     """Refuse a message some provider would refuse, naming the field that makes it too large."""
     checks = [
-        (Provider.APNS, "APNs payload", payloads.apns_payload_bytes, payloads.APNS_MAX_PAYLOAD),
-        (Provider.FCM, "FCM data", payloads.fcm_data_bytes, payloads.FCM_MAX_DATA),
-        (
-            Provider.WEBPUSH,
-            "Web Push plaintext",
-            payloads.webpush_plaintext_bytes,
-            payloads.WEBPUSH_MAX_PLAINTEXT,
-        ),
+        (Provider.APNS, "APNs payload", apns.payload_size, apns.PAYLOAD_LIMIT),
+        (Provider.FCM, "FCM data", fcm.data_size, fcm.FCM_DATA_LIMIT),
+        (Provider.WEBPUSH, "Web Push plaintext", webpush.plaintext_size, webpush.PLAINTEXT_LIMIT),
     ]
     problems = []
     for provider, what, size_of, limit in checks:
