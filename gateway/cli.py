@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.config import ConfigError, Settings
 from gateway.database import redact, resolve_database_url
+from gateway.delivery import commandline as delivery_commands
 from gateway.errors import GatewayError, SessionNotFound
 
 log = logging.getLogger("gateway")
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("migrate", help="apply schema.sql (idempotent)")
+    delivery_commands.add_parsers(commands)
 
     session = commands.add_parser("session", help="create or revoke sessions")
     session_commands = session.add_subparsers(dest="session_command", required=True)
@@ -183,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.command == "migrate":
         asyncio.run(_migrate(dsn))
         return 0
+    if arguments.command == "deliver":
+        return delivery_commands.deliver(settings, arguments)
+    if arguments.command == "notify":
+        return delivery_commands.notify(settings, arguments)
     try:
         if arguments.session_command == "create":
             ttl = settings.session_ttl if arguments.ttl is None else arguments.ttl

@@ -229,7 +229,10 @@ DELIVERIES_QUERY = DeliveriesQuery()
 
 
 def _idempotency_key(request: web.Request) -> str | None:
-    key = request.headers.get("Idempotency-Key")
+    return check_idempotency_key(request.headers.get("Idempotency-Key"))
+
+
+def check_idempotency_key(key: str | None) -> str | None:
     if key is None:
         return None
     if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not all("!" <= c <= "~" for c in key):
@@ -255,15 +258,23 @@ def _json(status: int, body: Any) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
+def parse_notification(
+    schema: NotificationSchema, body: dict[str, Any], idempotency_key: str | None
+) -> SendNotification:
+    """The command for a POST body (or the CLI's), or InvalidParameters."""
+    command: SendNotification = load(schema, body)
+    if idempotency_key is None:
+        return command
+    # The parsed body, keys sorted: a retry that re-encodes the same JSON
+    # differently is still the same request.
+    digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+    return replace(command, idempotency_key=idempotency_key, request_sha256=digest)
+
+
 async def send_notification(request: web.Request) -> web.Response:
     key = _idempotency_key(request)
     body = await json_object(request, MAX_NOTIFICATION_BODY_BYTES)
-    command: SendNotification = load(request.app[NOTIFICATION_SCHEMA], body)
-    if key is not None:
-        # The parsed body, keys sorted: a retry that re-encodes the same JSON
-        # differently is still the same request.
-        digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
-        command = replace(command, idempotency_key=key, request_sha256=digest)
+    command = parse_notification(request.app[NOTIFICATION_SCHEMA], body, key)
     queued = await request.app[EXECUTOR].store.enqueue_notification(command)
     return _json(202, {"id": str(queued.id), "targets": queued.targets})
 
@@ -303,7 +314,7 @@ async def show_notification(request: web.Request) -> web.Response:
     return _json(200, progress_document(progress))
 
 
-def _delivery(row: asyncpg.Record) -> dict[str, Any]:
+def delivery_document(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": row["id"],
         "user": row["user_id"],
@@ -332,7 +343,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
             limit=query["limit"],
         )
     )
-    page = [_delivery(row) for row in rows]
+    page = [delivery_document(row) for row in rows]
     # A full page may have more behind it: the next one starts after its last id.
     after = page[-1]["id"] if len(page) == query["limit"] else None
     return _json(200, {"deliveries": page, "next_after": after})
