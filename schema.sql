@@ -211,8 +211,10 @@ CREATE TABLE IF NOT EXISTS notifications (
     request_sha256  bytea,
     audience        jsonb       NOT NULL,
     category        text        NOT NULL,
-    message         jsonb       NOT NULL,
-    overrides       jsonb       NOT NULL DEFAULT '{}',
+    -- json, not jsonb: the Web Push plaintext is the override exactly as sent,
+    -- its keys in their order.
+    message         json        NOT NULL,
+    overrides       json        NOT NULL DEFAULT '{}',
     ttl_seconds     integer     NOT NULL CHECK (ttl_seconds > 0),
     expires_at      timestamptz NOT NULL,
     priority        text        NOT NULL CHECK (priority IN ('high', 'normal')),

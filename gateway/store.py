@@ -711,7 +711,7 @@ INSERT_NOTIFICATION = """
 INSERT INTO notifications (
     idempotency_key, request_sha256, audience, category, message, overrides,
     ttl_seconds, expires_at, priority, collapse_key)
-VALUES ($1, $2, $3::jsonb, $4, $5::jsonb, $6::jsonb, $7::integer,
+VALUES ($1, $2, $3::jsonb, $4, $5::json, $6::json, $7::integer,
         now() + make_interval(secs => $7::integer), $8, $9)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id, expires_at
