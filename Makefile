@@ -31,7 +31,7 @@ test: $(INSTALLED) ## run the test suite on a throwaway database
 # load): the database stopped, frozen and crashed, the gateway terminated and
 # killed under load, a flood past its write queue.
 stress: $(INSTALLED) ## only the fault-tolerance tests with real processes; prints the figures
-	$(PY) -m pytest -m stress tests/test_faults.py
+	$(PY) -m pytest -m stress tests/test_faults.py tests/test_delivery_crash.py
 
 lint: $(INSTALLED) ## ruff and mypy
 	$(VENV)/bin/ruff check gateway tests bench
