@@ -270,3 +270,18 @@ async def test_many_pushes_share_one_multiplexed_connection(api, apns):
     body = await settled(api, answer["id"])
     assert body["counts"] == {**ZERO, "delivered": 40}
     assert apns.connections == 1
+
+
+async def test_notify_wakes_an_idle_worker_long_before_its_poll(
+    aiohttp_client, database_url, db, apns
+):
+    # An hour between polls: only the NOTIFY sent with the enqueue (and the
+    # worker's own wake for a retry due now) can get these delivered in time.
+    settings = gateway_settings(database_url, apns.env(), GATEWAY_DELIVERY_POLL="3600")
+    api = await aiohttp_client(create_app(settings))
+    token = apns_token(77)
+    await layer_register(api, "alice", token)
+    apns.script[token].append(fake_apns.SERVICE_UNAVAILABLE)
+    answer = await send(api, users=["alice"])
+    body = await settled(api, answer["id"])
+    assert body["counts"] == {**ZERO, "delivered": 1}
