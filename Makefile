@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test stress lint bench clean
+.PHONY: help install run migrate test stress lint bench bench-delivery clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -39,6 +39,10 @@ lint: $(INSTALLED) ## ruff and mypy
 
 bench: $(INSTALLED) ## load-test the gateway against bare aiohttp with wrk (bench/README.md)
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-delivery: $(INSTALLED) ## one notification to 100,000 APNs targets and a mixed one, against the fakes (needs h2load)
+	@command -v h2load >/dev/null || echo "h2load missing: apt-get install -y nghttp2-client (the ceiling run is skipped)"
+	$(PY) bench/delivery.py --json bench/results/delivery.json $(BENCH_ARGS)
 
 clean: ## remove .venv and the embedded database
 	rm -rf $(VENV) .data

@@ -165,6 +165,7 @@ class DeliveryWorker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._slots = {p.provider: asyncio.Semaphore(p.concurrency) for p in self._providers}
         self._wake = {p.provider: asyncio.Event() for p in self._providers}
+        self._in_flight = {p.provider: 0 for p in self._providers}
         self._notifications: dict[str, _Notification] = {}
         self._recorded: list[_Attempt] = []
         self._record_wake = asyncio.Event()
@@ -212,9 +213,15 @@ class DeliveryWorker:
     async def _claim_forever(self, provider: PushProvider) -> None:
         slots = self._slots[provider.provider]
         wake = self._wake[provider.provider]
+        # While sends are in flight, claiming as soon as one slot frees would
+        # cost a claim statement per push: wait for a quarter of the slots.
+        enough = max(1, min(CLAIM_BATCH, provider.concurrency // 4))
         while True:
             await slots.acquire()
             taken = 1
+            while taken < enough and self._in_flight[provider.provider]:
+                await slots.acquire()
+                taken += 1
             while taken < CLAIM_BATCH and not slots.locked():
                 await slots.acquire()
                 taken += 1
@@ -239,6 +246,7 @@ class DeliveryWorker:
             for _ in range(taken - len(pushes)):
                 slots.release()
             for push, attempts in pushes:
+                self._in_flight[provider.provider] += 1
                 task = asyncio.create_task(self._send(provider, push, lease_id, attempts))
                 self._sends.add(task)
                 task.add_done_callback(self._sends.discard)
@@ -313,6 +321,7 @@ class DeliveryWorker:
             log.exception("the %s provider raised", provider.provider)
             outcome = Outcome(Verdict.RETRY, reason=f"provider error: {type(exc).__name__}")
         finally:
+            self._in_flight[provider.provider] -= 1
             self._slots[provider.provider].release()
         self._recorded.append(_Attempt(push, lease_id, attempts, outcome))
         self._record_wake.set()
