@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import stat
+import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -13,10 +17,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.app import create_app
 from gateway.commands import Provider
 from gateway.config import ConfigError, Settings
 from gateway.delivery import webpush
 from gateway.delivery.providers import Outcome, PushProvider, Verdict
+from tests.conftest import ROOT, ClientFactory
 from tests.fakes import webpush as fake_webpush
 from tests.fakes.pushes import make_push
 from tests.fakes.tls import TestCA
@@ -299,3 +305,92 @@ def test_a_key_that_is_not_p256_is_a_config_error(tmp_path: Path) -> None:
     path.write_text("not a key")
     with pytest.raises(ConfigError, match="GATEWAY_VAPID_PRIVATE_KEY"):
         webpush.load_vapid_key(path)
+
+
+# --- gateway vapid keygen and GET /webpush/vapid-public-key ---------------------------------
+
+
+async def keygen(path: Path) -> tuple[int, str, str]:
+    """`python -m gateway vapid keygen PATH`, with GATEWAY_VAPID_PRIVATE_KEY already naming PATH."""
+    env = {**os.environ, "GATEWAY_VAPID_PRIVATE_KEY": str(path), "GATEWAY_VAPID_SUBJECT": SUBJECT}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "vapid",
+        "keygen",
+        str(path),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_vapid_keygen_key_is_what_a_browser_subscribes_with(
+    tmp_path: Path, ca: TestCA
+) -> None:
+    path = tmp_path / "keys" / "vapid.pem"
+    path.parent.mkdir()
+    returncode, stdout, stderr = await keygen(path)
+    assert returncode == 0, stderr
+    public_key = stdout.strip()
+    assert stdout == public_key + "\n"
+    # applicationServerKey: base64url without padding of the 65-byte uncompressed point
+    assert len(public_key) == 87 and "=" not in public_key
+    point = webpush.b64url_decode(public_key)
+    assert len(point) == 65 and point[0] == 4
+    browser_view = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    pem = path.read_bytes()
+    assert pem.startswith(b"-----BEGIN PRIVATE KEY-----\n")  # PKCS#8
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    private = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    assert private.public_key().public_numbers() == browser_view.public_numbers()
+
+    # A push service that knows only that public key (as a browser told it) accepts our pushes.
+    server = FakeWebPush(ca, public_key)
+    await server.start()
+    provider = webpush.WebPushProvider.from_settings(Settings.from_env(env(server, (path, ""))))
+    assert provider is not None
+    try:
+        assert (await send(provider, server.subscribe())).verdict is Verdict.DELIVERED
+    finally:
+        await provider.close()
+        await server.close()
+
+
+async def test_vapid_keygen_never_overwrites_a_key(tmp_path: Path) -> None:
+    path = tmp_path / "vapid.pem"
+    path.write_text("the key every subscription was made with")
+    returncode, stdout, stderr = await keygen(path)
+    assert (returncode, stdout) == (1, "")
+    assert "exists" in stderr
+    assert path.read_text() == "the key every subscription was made with"
+
+
+async def test_public_route_serves_the_vapid_public_key(
+    aiohttp_client: ClientFactory, database_url: str, vapid_key: tuple[Path, str]
+) -> None:
+    settings = Settings(
+        database_url=database_url, vapid_private_key=vapid_key[0], vapid_subject=SUBJECT
+    )
+    client = await aiohttp_client(create_app(settings))
+    response = await client.get("/webpush/vapid-public-key")
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    assert await response.json() == {"public_key": vapid_key[1]}
+
+
+async def test_public_route_says_when_web_push_is_not_configured(
+    aiohttp_client: ClientFactory, database_url: str
+) -> None:
+    client = await aiohttp_client(create_app(Settings(database_url=database_url)))
+    response = await client.get("/webpush/vapid-public-key")
+    assert response.status == 404
+    body = await response.json()
+    assert body["error"] == "webpush_not_configured"
+    assert "GATEWAY_VAPID_PRIVATE_KEY" in body["message"]
