@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import stat
-import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,11 +19,12 @@ from gateway.commands import Provider
 from gateway.config import ConfigError, Settings
 from gateway.delivery import webpush
 from gateway.delivery.providers import Outcome, PushProvider, Verdict
-from tests.conftest import ROOT, ClientFactory
+from tests.conftest import ClientFactory
 from tests.fakes import webpush as fake_webpush
 from tests.fakes.pushes import make_push
 from tests.fakes.tls import TestCA
 from tests.fakes.webpush import FakeWebPush, Subscription
+from tests.test_cli import Result, gateway
 
 SUBJECT = "mailto:push-ops@example.com"
 
@@ -310,35 +308,29 @@ def test_a_key_that_is_not_p256_is_a_config_error(tmp_path: Path) -> None:
 # --- gateway vapid keygen and GET /webpush/vapid-public-key ---------------------------------
 
 
-async def keygen(path: Path) -> tuple[int, str, str]:
+@pytest.fixture
+def keygen(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[Path], Awaitable[Result]]:
     """`python -m gateway vapid keygen PATH`, with GATEWAY_VAPID_PRIVATE_KEY already naming PATH."""
-    env = {**os.environ, "GATEWAY_VAPID_PRIVATE_KEY": str(path), "GATEWAY_VAPID_SUBJECT": SUBJECT}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "vapid",
-        "keygen",
-        str(path),
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
+
+    async def run(path: Path) -> Result:
+        monkeypatch.setenv("GATEWAY_VAPID_PRIVATE_KEY", str(path))
+        monkeypatch.setenv("GATEWAY_VAPID_SUBJECT", SUBJECT)
+        return await gateway(database_url, "vapid", "keygen", str(path))
+
+    return run
 
 
 async def test_vapid_keygen_key_is_what_a_browser_subscribes_with(
-    tmp_path: Path, ca: TestCA
+    tmp_path: Path, ca: TestCA, keygen: Callable[[Path], Awaitable[Result]]
 ) -> None:
     path = tmp_path / "keys" / "vapid.pem"
     path.parent.mkdir()
-    returncode, stdout, stderr = await keygen(path)
-    assert returncode == 0, stderr
-    public_key = stdout.strip()
-    assert stdout == public_key + "\n"
+    result = await keygen(path)
+    assert result.returncode == 0, result.stderr
+    public_key = result.stdout.strip()
+    assert result.stdout == public_key + "\n"
     # applicationServerKey: base64url without padding of the 65-byte uncompressed point
     assert len(public_key) == 87 and "=" not in public_key
     point = webpush.b64url_decode(public_key)
@@ -363,12 +355,14 @@ async def test_vapid_keygen_key_is_what_a_browser_subscribes_with(
         await server.close()
 
 
-async def test_vapid_keygen_never_overwrites_a_key(tmp_path: Path) -> None:
+async def test_vapid_keygen_never_overwrites_a_key(
+    tmp_path: Path, keygen: Callable[[Path], Awaitable[Result]]
+) -> None:
     path = tmp_path / "vapid.pem"
     path.write_text("the key every subscription was made with")
-    returncode, stdout, stderr = await keygen(path)
-    assert (returncode, stdout) == (1, "")
-    assert "exists" in stderr
+    result = await keygen(path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert "exists" in result.stderr
     assert path.read_text() == "the key every subscription was made with"
 
 
