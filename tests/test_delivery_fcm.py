@@ -214,6 +214,16 @@ async def test_a_refused_grant_fails_with_an_alarm_and_is_not_retried_at_once(
     assert fake.refused_grants == ["Signature verification failed"]
 
 
+async def test_an_unavailable_token_endpoint_is_a_retry(
+    provider: fcm.FcmProvider, fake: FakeFcm
+) -> None:
+    fake.token_script = [503]
+    outcome = await send(provider)
+    assert (outcome.verdict, outcome.status, outcome.alarm) == (Verdict.RETRY, 503, False)
+    assert fake.received == []
+    assert (await send(provider)).verdict is Verdict.DELIVERED
+
+
 def test_data_size_counts_utf8_bytes_of_keys_and_values() -> None:
     push = make_push(Provider.FCM, TOKEN, data={"k": "é" * 10, "key2": "v"})
     assert fcm.data_size(push) == 1 + 20 + 4 + 1
