@@ -129,6 +129,8 @@ class AccessTokens:
             try:
                 return await self._fetch()
             except TokenRefused as exc:
+                # Logged once per hold, not once per push that it fails.
+                log.error("fcm credentials refused", extra={"reason": str(exc)})
                 self._refused = (time.monotonic() + REFUSAL_HOLD, str(exc))
                 raise
 
@@ -284,7 +286,6 @@ class FcmProvider:
                     break
                 refused = token
         except TokenRefused as exc:
-            log.error("fcm credentials refused", extra={"reason": str(exc)})
             return Outcome(Verdict.FAILED, reason=f"OAuth: {exc}", alarm=True)
         except httpx.HTTPStatusError as exc:
             status = exc.response.status_code
