@@ -25,7 +25,7 @@ from gateway.executor import Executor, GroupCommitter
 from gateway.keys import EXECUTOR, RATE_LIMITER, SETTINGS
 from gateway.ratelimit import RateLimiter
 from gateway.store import Store, create_pool
-from gateway.surfaces import internal, layer, navixy, notifications
+from gateway.surfaces import internal, layer, navixy, notifications, vapid
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,7 @@ def create_app(settings: Settings, limiter: RateLimiter | None = None) -> web.Ap
     navixy.setup_routes(app)
     notifications.setup_routes(app)
     internal.setup_routes(app)
+    vapid.setup_routes(app)
     # After database_ctx: it watches the writer database_ctx makes.
     observability.setup(app)
     openapi.setup_routes(app)

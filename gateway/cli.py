@@ -1,4 +1,5 @@
-"""The command line: serve, migrate, and session create/revoke, all on the same database."""
+"""The command line: serve, migrate, and session create/revoke, all on the same database;
+vapid keygen, which needs none."""
 
 from __future__ import annotations
 
@@ -44,7 +45,33 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--ttl", type=int, help="lifetime in seconds (GATEWAY_SESSION_TTL)")
     revoke = session_commands.add_parser("revoke", help="end a session and its registrations")
     revoke.add_argument("token")
+
+    vapid = commands.add_parser("vapid", help="Web Push VAPID keys")
+    vapid_commands = vapid.add_subparsers(dest="vapid_command", required=True)
+    keygen = vapid_commands.add_parser(
+        "keygen",
+        help="write a new P-256 private key (PEM, PKCS#8) at PATH and print its public key"
+        " (base64url, the form browsers take as applicationServerKey)",
+    )
+    keygen.add_argument("path")
     return parser
+
+
+def _vapid_keygen(path: str) -> int:
+    from pathlib import Path
+
+    from gateway.delivery.webpush import generate_vapid_key
+
+    try:
+        print(generate_vapid_key(Path(path)))
+    except FileExistsError:
+        # Every subscription was made with the old key: replacing it silently would orphan them.
+        print(f"gateway: {path} exists; not overwriting a VAPID key", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gateway: cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def _migrate(dsn: str) -> None:
@@ -161,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     arguments = _parser().parse_args(argv)
     setup_logging(logging.INFO)
+    if arguments.command == "vapid":
+        # Before the settings: GATEWAY_VAPID_PRIVATE_KEY may name the file about to be made.
+        return _vapid_keygen(arguments.path)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

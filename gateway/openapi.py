@@ -892,6 +892,49 @@ def _operator_paths(spec: APISpec) -> None:
     )
 
 
+def _webpush_paths(spec: APISpec) -> None:
+    error = {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+    }
+    spec.path(
+        "/webpush/vapid-public-key",
+        operations={
+            "get": {
+                "tags": ["Web Push"],
+                "operationId": "vapid_public_key",
+                "summary": "The VAPID public key web pages subscribe with (applicationServerKey)",
+                "responses": {
+                    "200": {
+                        "description": "base64url of the 65-byte uncompressed P-256 point",
+                        "headers": _headers(),
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["public_key"],
+                                    "properties": {
+                                        "public_key": {
+                                            "type": "string",
+                                            "pattern": "^[A-Za-z0-9_-]{87}$",
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "404": {
+                        "description": "Web Push is not configured (GATEWAY_VAPID_PRIVATE_KEY)",
+                        "headers": _headers(),
+                        "content": {JSON: {"schema": error}},
+                    },
+                },
+            }
+        },
+    )
+
+
 # ------------------------------------------------------------ the document
 
 
@@ -951,6 +994,7 @@ def build_document(categories: frozenset[str], session_ttl: int) -> dict[str, An
     _internal_paths(spec, plugin, session_ttl, categories)
     _notification_paths(spec, plugin, categories)
     _operator_paths(spec)
+    _webpush_paths(spec)
     document: dict[str, Any] = spec.to_dict()
     return document
 

@@ -186,7 +186,7 @@ async def test_a_second_401_fails_with_an_alarm(provider: fcm.FcmProvider, fake:
     assert len(fake.received) == 2
 
 
-async def test_a_grant_signed_with_another_key_fails_with_an_alarm(
+async def test_a_refused_grant_fails_with_an_alarm_and_is_not_retried_at_once(
     fake: FakeFcm, tmp_path: Path
 ) -> None:
     account = json.loads(fake.credentials.read_text())
@@ -203,13 +203,25 @@ async def test_a_grant_signed_with_another_key_fails_with_an_alarm(
     )
     assert provider is not None
     try:
-        outcome = await send(provider)
+        outcomes = [await send(provider) for _ in range(3)]
     finally:
         await provider.close()
-    assert (outcome.verdict, outcome.alarm) == (Verdict.FAILED, True)
-    assert "OAuth" in (outcome.reason or "")
+    for outcome in outcomes:
+        assert (outcome.verdict, outcome.alarm) == (Verdict.FAILED, True)
+        assert "OAuth" in (outcome.reason or "")
     assert fake.received == []
+    # Google is asked once; the next sends fail at once for fcm.REFUSAL_HOLD seconds.
     assert fake.refused_grants == ["Signature verification failed"]
+
+
+async def test_an_unavailable_token_endpoint_is_a_retry(
+    provider: fcm.FcmProvider, fake: FakeFcm
+) -> None:
+    fake.token_script = [503]
+    outcome = await send(provider)
+    assert (outcome.verdict, outcome.status, outcome.alarm) == (Verdict.RETRY, 503, False)
+    assert fake.received == []
+    assert (await send(provider)).verdict is Verdict.DELIVERED
 
 
 def test_data_size_counts_utf8_bytes_of_keys_and_values() -> None:

@@ -53,11 +53,21 @@ REFUSED = [
     "::ffff:169.254.169.254",
     "64:ff9b::7f00:1",
     "64:ff9b::a00:1",
+    "64:ff9b:1:808:808::",
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
     "2002:7f00:1::",
     "2002:a9fe:a9fe::",
     "::127.0.0.1",
 ]
-PUBLIC = ["8.8.8.8", "142.250.74.106", "2606:4700::1111", "2a00:1450:4001::200a", "::ffff:8.8.8.8"]
+PUBLIC = [
+    "64:ff9b::808:808",
+    "2002:808:808::1",
+    "8.8.8.8",
+    "142.250.74.106",
+    "2606:4700::1111",
+    "2a00:1450:4001::200a",
+    "::ffff:8.8.8.8",
+]
 
 
 @pytest.mark.parametrize("address", REFUSED)
@@ -349,3 +359,45 @@ def test_retry_after_reads_seconds_and_http_dates(value: str | None, seconds: fl
     headers = httpx.Headers({} if value is None else {"Retry-After": value})
     now = datetime(2026, 12, 1, 20, 0, 0, tzinfo=UTC)
     assert net.retry_after(headers, now=now) == seconds
+
+
+async def test_pins_are_logged_when_a_client_is_built(caplog: pytest.LogCaptureFixture) -> None:
+    settings = _settings("fcm.googleapis.com:443:10.9.8.7,oauth2.googleapis.com:443:10.9.8.6")
+    with caplog.at_level("INFO", logger="gateway.delivery.net"):
+        client = net.build_client(settings, purpose="fcm")
+    await client.aclose()
+    pinned = [
+        (r.__dict__["purpose"], r.__dict__["host"], r.__dict__["port"], r.__dict__["addresses"])
+        for r in caplog.records
+        if r.getMessage() == "push host pinned"
+    ]
+    assert pinned == [
+        ("fcm", "fcm.googleapis.com", 443, ["10.9.8.7"]),
+        ("fcm", "oauth2.googleapis.com", 443, ["10.9.8.6"]),
+    ]
+
+
+async def test_a_pin_falls_back_to_its_next_address(ca: TestCA, https_port: int) -> None:
+    # Nothing listens on 127.0.0.2 (the server is bound to 127.0.0.1 only).
+    settings = _settings(f"push.example.com:{https_port}:127.0.0.2,127.0.0.1", ca.ca_file)
+    async with net.build_client(settings, purpose="test") as client:
+        response = await client.get(f"https://push.example.com:{https_port}/")
+    assert response.status_code == 200
+
+
+async def test_a_service_that_never_answers_times_out_as_a_retry() -> None:
+    silent: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)  # keep it open, say nothing
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    silent_port = server.sockets[0].getsockname()[1]
+    settings = _settings(f"push.example.com:{silent_port}:127.0.0.1")
+    async with server, net.build_client(settings, purpose="test", timeout=0.3) as client:
+        with pytest.raises(httpx.ReadTimeout) as caught:
+            await client.get(f"http://push.example.com:{silent_port}/")
+        for writer in silent:
+            writer.close()
+    outcome = net.transport_outcome(caught.value)
+    assert (outcome.verdict, outcome.alarm) == (Verdict.RETRY, False)

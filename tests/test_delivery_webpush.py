@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,14 +14,17 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.app import create_app
 from gateway.commands import Provider
 from gateway.config import ConfigError, Settings
 from gateway.delivery import webpush
 from gateway.delivery.providers import Outcome, PushProvider, Verdict
+from tests.conftest import ClientFactory
 from tests.fakes import webpush as fake_webpush
 from tests.fakes.pushes import make_push
 from tests.fakes.tls import TestCA
 from tests.fakes.webpush import FakeWebPush, Subscription
+from tests.test_cli import Result, gateway
 
 SUBJECT = "mailto:push-ops@example.com"
 
@@ -299,3 +303,88 @@ def test_a_key_that_is_not_p256_is_a_config_error(tmp_path: Path) -> None:
     path.write_text("not a key")
     with pytest.raises(ConfigError, match="GATEWAY_VAPID_PRIVATE_KEY"):
         webpush.load_vapid_key(path)
+
+
+# --- gateway vapid keygen and GET /webpush/vapid-public-key ---------------------------------
+
+
+@pytest.fixture
+def keygen(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[Path], Awaitable[Result]]:
+    """`python -m gateway vapid keygen PATH`, with GATEWAY_VAPID_PRIVATE_KEY already naming PATH."""
+
+    async def run(path: Path) -> Result:
+        monkeypatch.setenv("GATEWAY_VAPID_PRIVATE_KEY", str(path))
+        monkeypatch.setenv("GATEWAY_VAPID_SUBJECT", SUBJECT)
+        return await gateway(database_url, "vapid", "keygen", str(path))
+
+    return run
+
+
+async def test_vapid_keygen_key_is_what_a_browser_subscribes_with(
+    tmp_path: Path, ca: TestCA, keygen: Callable[[Path], Awaitable[Result]]
+) -> None:
+    path = tmp_path / "keys" / "vapid.pem"
+    path.parent.mkdir()
+    result = await keygen(path)
+    assert result.returncode == 0, result.stderr
+    public_key = result.stdout.strip()
+    assert result.stdout == public_key + "\n"
+    # applicationServerKey: base64url without padding of the 65-byte uncompressed point
+    assert len(public_key) == 87 and "=" not in public_key
+    point = webpush.b64url_decode(public_key)
+    assert len(point) == 65 and point[0] == 4
+    browser_view = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    pem = path.read_bytes()
+    assert pem.startswith(b"-----BEGIN PRIVATE KEY-----\n")  # PKCS#8
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    private = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    assert private.public_key().public_numbers() == browser_view.public_numbers()
+
+    # A push service that knows only that public key (as a browser told it) accepts our pushes.
+    server = FakeWebPush(ca, public_key)
+    await server.start()
+    provider = webpush.WebPushProvider.from_settings(Settings.from_env(env(server, (path, ""))))
+    assert provider is not None
+    try:
+        assert (await send(provider, server.subscribe())).verdict is Verdict.DELIVERED
+    finally:
+        await provider.close()
+        await server.close()
+
+
+async def test_vapid_keygen_never_overwrites_a_key(
+    tmp_path: Path, keygen: Callable[[Path], Awaitable[Result]]
+) -> None:
+    path = tmp_path / "vapid.pem"
+    path.write_text("the key every subscription was made with")
+    result = await keygen(path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert "exists" in result.stderr
+    assert path.read_text() == "the key every subscription was made with"
+
+
+async def test_public_route_serves_the_vapid_public_key(
+    aiohttp_client: ClientFactory, database_url: str, vapid_key: tuple[Path, str]
+) -> None:
+    settings = Settings(
+        database_url=database_url, vapid_private_key=vapid_key[0], vapid_subject=SUBJECT
+    )
+    client = await aiohttp_client(create_app(settings))
+    response = await client.get("/webpush/vapid-public-key")
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    assert await response.json() == {"public_key": vapid_key[1]}
+
+
+async def test_public_route_says_when_web_push_is_not_configured(
+    aiohttp_client: ClientFactory, database_url: str
+) -> None:
+    client = await aiohttp_client(create_app(Settings(database_url=database_url)))
+    response = await client.get("/webpush/vapid-public-key")
+    assert response.status == 404
+    body = await response.json()
+    assert body["error"] == "webpush_not_configured"
+    assert "GATEWAY_VAPID_PRIVATE_KEY" in body["message"]

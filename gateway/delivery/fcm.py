@@ -40,6 +40,9 @@ FCM_DATA_LIMIT = 4096
 # An access token is renewed this long before Google says it expires, so a
 # send never goes out with a token that dies on the way.
 TOKEN_MARGIN = 300.0
+# After the token endpoint refuses our grant, sends fail at once for this long
+# instead of each asking Google again with the same bad credential.
+REFUSAL_HOLD = 30.0
 _FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 _BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 
@@ -100,6 +103,7 @@ class AccessTokens:
         self._token: str | None = None
         self._expires = 0.0
         self._lock = asyncio.Lock()
+        self._refused: tuple[float, str] | None = None
         self.fetched = 0
 
     def _assertion(self) -> str:
@@ -120,25 +124,37 @@ class AccessTokens:
             cached = self._token
             if cached is not None and cached != stale and time.monotonic() < self._expires:
                 return cached
-            response = await self._client.post(
-                self._account.token_uri,
-                data={"grant_type": GRANT_TYPE, "assertion": self._assertion()},
-            )
-            if response.status_code >= 500 or response.status_code == 429:
-                response.raise_for_status()  # transient: the send is retried
+            if self._refused is not None and time.monotonic() < self._refused[0]:
+                raise TokenRefused(self._refused[1])
             try:
-                answer = response.json()
-                token, lifetime = answer["access_token"], float(answer.get("expires_in", 3600))
-            except (ValueError, KeyError, TypeError):
-                raise TokenRefused(
-                    f"token endpoint answered {response.status_code}: {response.text[:200]}"
-                ) from None
-            if response.status_code != 200 or not isinstance(token, str):
-                raise TokenRefused(f"token endpoint answered {response.status_code}")
-            self._token = token
-            self._expires = time.monotonic() + max(0.0, lifetime - TOKEN_MARGIN)
-            self.fetched += 1
-            return token
+                return await self._fetch()
+            except TokenRefused as exc:
+                # Logged once per hold, not once per push that it fails.
+                log.error("fcm credentials refused", extra={"reason": str(exc)})
+                self._refused = (time.monotonic() + REFUSAL_HOLD, str(exc))
+                raise
+
+    async def _fetch(self) -> str:
+        """One grant at the token endpoint; the caller holds the lock."""
+        response = await self._client.post(
+            self._account.token_uri,
+            data={"grant_type": GRANT_TYPE, "assertion": self._assertion()},
+        )
+        if response.status_code >= 500 or response.status_code == 429:
+            response.raise_for_status()  # transient: the send is retried
+        try:
+            answer = response.json()
+            token, lifetime = answer["access_token"], float(answer.get("expires_in", 3600))
+        except (ValueError, KeyError, TypeError):
+            raise TokenRefused(
+                f"token endpoint answered {response.status_code}: {response.text[:200]}"
+            ) from None
+        if response.status_code != 200 or not isinstance(token, str):
+            raise TokenRefused(f"token endpoint answered {response.status_code}")
+        self._token = token
+        self._expires = time.monotonic() + max(0.0, lifetime - TOKEN_MARGIN)
+        self.fetched += 1
+        return token
 
 
 def message_data(push: Push) -> dict[str, str]:
@@ -270,7 +286,6 @@ class FcmProvider:
                     break
                 refused = token
         except TokenRefused as exc:
-            log.error("fcm credentials refused", extra={"reason": str(exc)})
             return Outcome(Verdict.FAILED, reason=f"OAuth: {exc}", alarm=True)
         except httpx.HTTPStatusError as exc:
             status = exc.response.status_code

@@ -41,9 +41,11 @@ from gateway.delivery.providers import Outcome, Verdict
 
 log = logging.getLogger("gateway.delivery.net")
 
-# Two nested NAT64 prefixes (RFC 6052 well-known, RFC 8215 local use): the last
-# 32 bits are an IPv4 address a NAT64 gateway would connect to.
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# NAT64 (RFC 6052): behind the well-known /96 prefix the last 32 bits are the
+# IPv4 address a NAT64 gateway would connect to. The local-use prefix (RFC 8215)
+# carries it elsewhere and only ever leads inside a network: always refused.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 
 
 def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -56,11 +58,11 @@ def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
     """
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or address.sixtofour
-        if embedded is None and any(address in net for net in _NAT64):
+        if embedded is None and address in _NAT64:
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
             return is_public_address(embedded)
-        if address.teredo is not None or address.is_site_local:
+        if address in _NAT64_LOCAL or address.teredo is not None or address.is_site_local:
             return False
     return address.is_global and not (
         address.is_private

@@ -9,6 +9,7 @@ project other than the account's, then answers per registration token from
 
     fake = FakeFcm(ca, tmp_path); await fake.start()
     fake.script[token] = [UNREGISTERED]          # or [quota(30), 200], [UNAUTHENTICATED]...
+    fake.token_script = [503]                    # the OAuth endpoint's next answers
     settings = Settings.from_env(fake.env())     # credentials, URL, pins, CA file
     ...; fake.received -> [Received(token, headers, message)]; await fake.close()
 
@@ -128,6 +129,8 @@ class FakeFcm:
         self.script: defaultdict[str, list[Answer | int]] = defaultdict(list)
         self.received: list[Received] = []
         self.grants: list[dict[str, Any]] = []
+        # Statuses the token endpoint answers before it looks at a grant, one per request.
+        self.token_script: list[int] = []
         self.refused_grants: list[str] = []
         self._tokens: set[str] = set()
         self._serial = itertools.count(1)
@@ -192,6 +195,9 @@ class FakeFcm:
 
     async def _token(self, request: web.Request) -> web.Response:
         form = await request.post()
+        if self.token_script:
+            status = self.token_script.pop(0)
+            return web.json_response({"error": "backend_error"}, status=status)
         if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
             return web.json_response({"error": "unsupported_grant_type"}, status=400)
         try:
