@@ -1,7 +1,7 @@
 """APNs over HTTP/2 with token-based auth: an ES256 JWT from the team's .p8 key.
 
 One httpx client (HTTP/2, through net.py's guarded backend) multiplexes every
-push on as few connections as the server's stream limit allows. A GOAWAY or a
+push on one connection, up to the server's stream limit. A GOAWAY or a
 connection the server closed fails the streams it did not process; they are
 sent once more at once, on a fresh connection, before the worker's backoff
 takes over.
@@ -210,9 +210,12 @@ class ApnsProvider:
             settings,
             purpose="apns",
             http2=True,
-            # Each connection carries up to the server's stream limit (APNs
-            # announces 1,000); more connections only past that.
-            max_connections=max(1, settings.delivery_concurrency // 100),
+            # One connection carries every push, up to the stream limit the
+            # server announces (APNs: 1,000, above our default 256 in flight);
+            # past it httpcore queues a push for a stream rather than opening a
+            # connection. The second is for the one that replaces a connection
+            # closing after a GOAWAY while it drains.
+            max_connections=2,
         )
         return cls(
             signer,
