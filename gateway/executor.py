@@ -9,8 +9,11 @@ from typing import Any
 
 from gateway.commands import (
     EndSession,
+    ListDeliveries,
     ListRegistrations,
     RegisterToken,
+    SendNotification,
+    ShowNotification,
     UnregisterToken,
     WriteCommand,
 )
@@ -21,6 +24,8 @@ from gateway.store import Store
 log = logging.getLogger(__name__)
 
 Command = RegisterToken | UnregisterToken | EndSession | ListRegistrations
+# The senders' delivery commands: behind the admin key, with no session to rate-limit.
+DeliveryCommand = SendNotification | ShowNotification | ListDeliveries
 
 
 class GroupCommitter:
@@ -121,3 +126,12 @@ class Executor:
                 return None
             case ListRegistrations():
                 return await self.store.list_registrations(command)
+
+    async def execute_delivery(self, command: DeliveryCommand) -> Any:
+        match command:
+            case SendNotification():
+                return await self.store.enqueue_notification(command)
+            case ShowNotification():
+                return await self.store.show_notification(command)
+            case ListDeliveries():
+                return await self.store.list_deliveries(command)

@@ -275,7 +275,7 @@ async def send_notification(request: web.Request) -> web.Response:
     key = _idempotency_key(request)
     body = await json_object(request, MAX_NOTIFICATION_BODY_BYTES)
     command = parse_notification(request.app[NOTIFICATION_SCHEMA], body, key)
-    queued = await request.app[EXECUTOR].store.enqueue_notification(command)
+    queued = await request.app[EXECUTOR].execute_delivery(command)
     return _json(202, {"id": str(queued.id), "targets": queued.targets})
 
 
@@ -309,8 +309,8 @@ def progress_document(progress: NotificationProgress) -> dict[str, Any]:
 
 
 async def show_notification(request: web.Request) -> web.Response:
-    store = request.app[EXECUTOR].store
-    progress = await store.show_notification(ShowNotification(_notification_id(request)))
+    executor = request.app[EXECUTOR]
+    progress = await executor.execute_delivery(ShowNotification(_notification_id(request)))
     return _json(200, progress_document(progress))
 
 
@@ -335,7 +335,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     notification_id = _notification_id(request)
     query = load(DELIVERIES_QUERY, dict(request.query))
     outcome = query["outcome"]
-    rows = await request.app[EXECUTOR].store.list_deliveries(
+    rows = await request.app[EXECUTOR].execute_delivery(
         ListDeliveries(
             notification_id=notification_id,
             outcome=None if outcome is None else DeliveryState(outcome),
