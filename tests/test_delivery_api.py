@@ -261,3 +261,25 @@ async def test_deliveries_page_through_one_outcome(api, db):
         f"{NOTIFICATIONS}/{answer['id']}/deliveries", params={"outcome": "lost"}, headers=admin()
     )
     assert (await error(bad, 400, "invalid_parameters"))["parameters"][0]["name"] == "outcome"
+
+
+@pytest.mark.parametrize(
+    ("extra", "parameter"),
+    [
+        ({"collapse_key": "a\u0000b"}, "collapse_key"),
+        ({"collapse_key": "line\nbreak"}, "collapse_key"),
+        (
+            {"apns": {"headers": {"apns-push-type": "alert\r\nx: y"}}},
+            "apns.headers.apns-push-type.value",
+        ),
+    ],
+)
+async def test_what_travels_in_a_header_refuses_control_characters(api, extra, parameter):
+    response = await api.post(NOTIFICATIONS, json=message(**extra), headers=admin())
+    answer = await error(response, 400, "invalid_parameters")
+    assert parameter in [p["name"] for p in answer["parameters"]], answer
+
+
+async def test_a_title_with_a_nul_byte_is_stored_and_sent_escaped(api, db):
+    response = await api.post(NOTIFICATIONS, json=message(title="a\u0000b"), headers=admin())
+    assert response.status == 202, await response.text()

@@ -6,6 +6,7 @@ Part of the internal API: behind its admin key, answered in its error format.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -53,13 +54,25 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 DELIVERIES_PAGE = 100
 MAX_DELIVERIES_PAGE = 1000
 
+# Unicode's Cc category, as the internal API's identifiers refuse it.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
 # The APNs headers a sender may set; the gateway sets the rest itself.
 APNS_HEADERS = ("apns-push-type", "apns-priority", "apns-expiration", "apns-collapse-id")
 
 
 def _collapse_key(value: str) -> str:
-    if not value or len(value.encode()) > MAX_COLLAPSE_KEY_BYTES:
-        raise ValueError(f"must be 1 to {MAX_COLLAPSE_KEY_BYTES} bytes")
+    # It travels as an HTTP header (apns-collapse-id, Topic): no control characters.
+    if not value or len(value.encode()) > MAX_COLLAPSE_KEY_BYTES or _CONTROL.search(value):
+        raise ValueError(
+            f"must be 1 to {MAX_COLLAPSE_KEY_BYTES} bytes without control characters"
+        )
+    return value
+
+
+def _header_value(value: str) -> str:
+    if not value or not all(" " <= c <= "~" for c in value):
+        raise ValueError("must be printable ASCII")
     return value
 
 
@@ -80,7 +93,7 @@ class ApnsOverride(Schema):
     aps = fields.Dict(load_default=None, error_messages={"invalid": "must be an object"})
     headers = fields.Dict(
         keys=Text(one_of(APNS_HEADERS)),
-        values=fields.String(),
+        values=Text(_header_value),
         load_default=None,
         error_messages={"invalid": "must be an object"},
     )
