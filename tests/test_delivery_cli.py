@@ -116,3 +116,26 @@ async def test_deliver_runs_workers_alone_and_stops_on_sigterm(database_url, db,
         assert await db.fetchval("SELECT last_status FROM deliveries") == 503
     finally:
         await fake.close()
+
+
+async def test_deliver_with_a_key_that_is_not_a_p8_stops_naming_the_setting(
+    database_url, db, tmp_path: Path
+):
+    key = tmp_path / "AuthKey.p8"
+    key.write_text("not a key")
+    env = {
+        "GATEWAY_APNS_KEY_FILE": str(key),
+        "GATEWAY_APNS_KEY_ID": fake_apns.KEY_ID,
+        "GATEWAY_APNS_TEAM_ID": fake_apns.TEAM_ID,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "gateway", "deliver"),
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 2
+    assert "GATEWAY_APNS_KEY_FILE" in stderr.decode()

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from gateway.commands import Provider
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.delivery import net
 from gateway.delivery.providers import Outcome, Push, Verdict
 
@@ -98,10 +98,14 @@ class TokenSigner:
 
     @classmethod
     def from_file(cls, path: str, key_id: str, team_id: str) -> TokenSigner:
-        with open(path, "rb") as file:
-            key = load_pem_private_key(file.read(), password=None)
-        if not isinstance(key, EllipticCurvePrivateKey):
-            raise ValueError(f"{path} is not an APNs .p8 key (an EC private key in PEM)")
+        refusal = f"GATEWAY_APNS_KEY_FILE: {path} is not an APNs .p8 key (a P-256 key in PEM)"
+        try:
+            with open(path, "rb") as file:
+                key = load_pem_private_key(file.read(), password=None)
+        except (ValueError, TypeError, OSError) as exc:
+            raise ConfigError(f"{refusal}: {exc}") from None
+        if not isinstance(key, EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+            raise ConfigError(refusal)
         return cls(key, key_id, team_id)
 
     def current(self) -> str:

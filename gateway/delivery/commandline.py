@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from gateway.commands import DeliveryState, ListDeliveries, ShowNotification
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.errors import GatewayError, InvalidParameters, NotificationNotFound
 
 
@@ -170,4 +170,8 @@ def deliver(settings: Settings, arguments: argparse.Namespace) -> int:
         return 2
     import uvloop
 
-    return uvloop.run(_deliver(replace(settings, delivery_workers=count)))
+    try:
+        return uvloop.run(_deliver(replace(settings, delivery_workers=count)))
+    except ConfigError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
