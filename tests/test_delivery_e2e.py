@@ -285,3 +285,13 @@ async def test_notify_wakes_an_idle_worker_long_before_its_poll(
     answer = await send(api, users=["alice"])
     body = await settled(api, answer["id"])
     assert body["counts"] == {**ZERO, "delivered": 1}
+
+
+async def test_a_reason_with_control_characters_is_recorded_printable(api, apns):
+    token = apns_token(13)
+    await layer_register(api, "alice", token)
+    apns.script[token].append(fake_apns.Answer(400, "Bad\u0000Thing\n"))
+    answer = await send(api, users=["alice"])
+    body = await settled(api, answer["id"])
+    assert body["counts"] == {**ZERO, "failed": 1}
+    assert body["last_error"] == "Bad?Thing?"

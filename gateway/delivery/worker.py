@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -61,6 +62,16 @@ STATE_OF = {
     Verdict.PRUNE: DeliveryState.PRUNED.value,
     Verdict.RETRY: "retry",
 }
+
+
+# A reason is a push service's text: bounded, and without the control
+# characters (a NUL above all) a text column refuses.
+MAX_REASON = 500
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(reason: str | None) -> str | None:
+    return None if reason is None else _CONTROL.sub("?", reason[:MAX_REASON])
 
 
 def backoff(attempts: int, outcome: Outcome, base: float, quota_base: float) -> float:
@@ -338,9 +349,12 @@ class DeliveryWorker:
                 try:
                     await self._record(batch)
                 except DatabaseError:
-                    # Not an outage: the same batch would fail again. Its rows
-                    # are attempted again when their leases end.
+                    # Not an outage: the same batch would fail again. One at a
+                    # time, so that only the outcome the database refuses is
+                    # dropped (its row is attempted again when its lease ends),
+                    # not the pushes already delivered beside it.
                     log.exception("the database refused a batch of delivery outcomes")
+                    await self._record_one_by_one(batch)
                     del self._recorded[: len(batch)]
                     continue
                 except GatewayError:
@@ -361,6 +375,13 @@ class DeliveryWorker:
                 del self._recorded[: len(batch)]
             if self._stopping and not self._sends:
                 return
+
+    async def _record_one_by_one(self, batch: list[_Attempt]) -> None:
+        for attempt in batch:
+            try:
+                await self._record([attempt])
+            except GatewayError:
+                log.exception("dropped the outcome of delivery %d", attempt.push.delivery_id)
 
     async def _record(self, batch: list[_Attempt]) -> None:
         dead = [
@@ -392,7 +413,7 @@ class DeliveryWorker:
                     attempt.lease_id,
                     STATE_OF[outcome.verdict],
                     outcome.status,
-                    outcome.reason,
+                    _printable(outcome.reason),
                     delay,
                 )
             )
