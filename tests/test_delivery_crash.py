@@ -1,9 +1,10 @@
-"""Crash safety: SIGKILL a `gateway deliver` process in the middle of a 5,000-target notification.
+"""Crash safety: a `gateway deliver` process SIGKILLed, then PostgreSQL crashed, mid-notification.
 
-A second process takes over once the dead one's leases end. Every delivery
-must end delivered, each token must reach the fake APNs at least once, and a
-token may reach it twice only if its row was claimed by the dead worker and
-not yet recorded when it died (in flight at the kill).
+After the kill a second process takes over once the dead one's leases end;
+after the database's crash the same worker carries on. Either way every
+delivery must end delivered and each token reach the fake APNs at least
+once; a token may reach it twice only if its push was in flight at the
+fault (for the kill: claimed by the dead worker and not yet recorded).
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import asyncpg
 import pytest
 
 from gateway.commands import FindTargets, SendNotification
-from gateway.store import Store, create_pool
+from gateway.store import Store, apply_schema, create_pool
 from tests.conftest import ROOT
 from tests.delivery_support import until
 from tests.fakes.apns import FakeApns
 from tests.fakes.tls import TestCA
-from tests.faults_support import Figures
+from tests.faults_support import Figures, PrivatePostgres
 
 pytestmark = pytest.mark.stress
 
@@ -33,6 +34,7 @@ TARGETS = 5000
 # Killed once this many pushes have reached the fake: well inside the run.
 KILL_AFTER = 1500
 LEASE_SECONDS = 3
+CONCURRENCY = 64
 
 FIGURES = Figures("delivery crash figures")
 
@@ -59,14 +61,16 @@ async def populate(db: asyncpg.Connection) -> None:
     )
 
 
-async def start_worker(database_url: str, fake: FakeApns) -> asyncio.subprocess.Process:
+async def start_worker(
+    database_url: str, fake: FakeApns, lease: int = LEASE_SECONDS
+) -> asyncio.subprocess.Process:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         **fake.env(),
-        "GATEWAY_DELIVERY_LEASE": str(LEASE_SECONDS),
+        "GATEWAY_DELIVERY_LEASE": str(lease),
         "GATEWAY_DELIVERY_POLL": "0.5",
-        "GATEWAY_DELIVERY_CONCURRENCY": "64",
+        "GATEWAY_DELIVERY_CONCURRENCY": str(CONCURRENCY),
     }
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -76,6 +80,22 @@ async def start_worker(database_url: str, fake: FakeApns) -> asyncio.subprocess.
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
+
+
+async def enqueue(pool: asyncpg.Pool) -> None:
+    users = tuple(f"crash-{n}" for n in range(1, TARGETS + 1))
+    queued = await Store(pool).enqueue_notification(
+        SendNotification(
+            audience=FindTargets(users, "chat_message"),
+            exclude_users=(),
+            message={"title": "crash", "body": "test", "data": {}},
+            overrides={},
+            ttl_seconds=3600,
+            priority="high",
+            collapse_key=None,
+        )
+    )
+    assert queued.targets == TARGETS
 
 
 async def test_a_killed_worker_loses_nothing_and_repeats_only_its_pushes_in_flight(
@@ -88,19 +108,7 @@ async def test_a_killed_worker_loses_nothing_and_repeats_only_its_pushes_in_flig
     first = second = None
     try:
         first = await start_worker(database_url, fake)
-        users = tuple(f"crash-{n}" for n in range(1, TARGETS + 1))
-        queued = await Store(pool).enqueue_notification(
-            SendNotification(
-                audience=FindTargets(users, "chat_message"),
-                exclude_users=(),
-                message={"title": "crash", "body": "test", "data": {}},
-                overrides={},
-                ttl_seconds=3600,
-                priority="high",
-                collapse_key=None,
-            )
-        )
-        assert queued.targets == TARGETS
+        await enqueue(pool)
 
         async def midway() -> bool:
             return len(fake.received) >= KILL_AFTER
@@ -154,3 +162,83 @@ async def test_a_killed_worker_loses_nothing_and_repeats_only_its_pushes_in_flig
                 await asyncio.wait_for(process.wait(), timeout=60)
         await pool.close()
         await fake.close()
+
+
+async def test_a_database_crash_mid_notification_loses_no_delivery(
+    tmp_path: Path, figures: Figures
+):
+    server = await asyncio.to_thread(PrivatePostgres)
+    fake = FakeApns(TestCA(tmp_path), tmp_path)
+    await fake.start()
+    worker = None
+    try:
+        await apply_schema(server.dsn)
+        connection = await asyncpg.connect(server.dsn)
+        await populate(connection)
+        await connection.close()
+        # A short lease: a claim that committed while its answer was lost in
+        # the crash is due again soon.
+        worker = await start_worker(server.dsn, fake, lease=5)
+        pool = await create_pool(server.dsn, min_size=1, max_size=1)
+        try:
+            await enqueue(pool)
+        finally:
+            await pool.close()
+
+        async def midway() -> bool:
+            return len(fake.received) >= KILL_AFTER
+
+        await until(midway, seconds=120, what=f"{KILL_AFTER} pushes")
+        await asyncio.to_thread(server.restart, "immediate")
+        crashed_at = time.monotonic()
+        received_at_crash = len(fake.received)
+
+        async def all_settled() -> bool:
+            try:
+                connection = await asyncpg.connect(server.dsn)
+            except (OSError, asyncpg.PostgresError):
+                return False
+            try:
+                pending = await connection.fetchval(
+                    "SELECT count(*) FROM deliveries WHERE state = 'pending'"
+                )
+            finally:
+                await connection.close()
+            return bool(pending == 0)
+
+        await until(all_settled, seconds=180, what="every delivery to settle")
+        recovered = time.monotonic() - crashed_at
+        connection = await asyncpg.connect(server.dsn)
+        try:
+            states = {
+                row["state"]: row["count"]
+                for row in await connection.fetch(
+                    "SELECT state, count(*) FROM deliveries GROUP BY state"
+                )
+            }
+            tokens = {
+                row["token"] for row in await connection.fetch("SELECT token FROM deliveries")
+            }
+        finally:
+            await connection.close()
+        assert states == {"delivered": TARGETS}
+        received = Counter(r.token for r in fake.received)
+        assert set(received) == tokens, "a delivery never reached the fake"
+        repeated = [token for token, n in received.items() if n > 1]
+        # Only sends in flight when the database went away can be repeated.
+        assert len(repeated) <= CONCURRENCY
+        assert worker.returncode is None, "the worker died with the database"
+        figures.add(
+            "PostgreSQL crashed (pg_ctl restart -m immediate) mid-notification",
+            targets=TARGETS,
+            received_at_crash=received_at_crash,
+            sent_twice=len(repeated),
+            lost=len(tokens - set(received)),
+            all_delivered_after_s=f"{recovered:.1f} (lease 5 s)",
+        )
+    finally:
+        if worker is not None and worker.returncode is None:
+            worker.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(worker.wait(), timeout=60)
+        await fake.close()
+        await asyncio.to_thread(server.destroy)
