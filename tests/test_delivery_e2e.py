@@ -295,3 +295,24 @@ async def test_a_reason_with_control_characters_is_recorded_printable(api, apns)
     body = await settled(api, answer["id"])
     assert body["counts"] == {**ZERO, "failed": 1}
     assert body["last_error"] == "Bad?Thing?"
+
+
+async def test_a_send_that_outlasts_half_the_lease_is_retried(
+    aiohttp_client, database_url, db, apns
+):
+    # A one-second lease: a send is given half of it, then counted a timeout.
+    settings = gateway_settings(database_url, apns.env(), GATEWAY_DELIVERY_LEASE="1")
+    api = await aiohttp_client(create_app(settings))
+    await layer_register(api, "alice", apns_token(14))
+    apns.paused.clear()
+    answer = await send(api, users=["alice"])
+
+    async def timed_out() -> bool:
+        rows = await delivery_rows(db, answer["id"])
+        return bool(rows[0]["last_error"] == "timeout")
+
+    await until(timed_out, what="the send to time out")
+    assert (await delivery_rows(db, answer["id"]))[0]["state"] == "pending"
+    apns.paused.set()
+    body = await settled(api, answer["id"])
+    assert body["counts"] == {**ZERO, "delivered": 1}

@@ -323,7 +323,9 @@ class DeliveryWorker:
         self, provider: PushProvider, push: Push, lease_id: uuid.UUID, attempts: int
     ) -> None:
         try:
-            outcome = await asyncio.wait_for(provider.send(push), self._send_timeout)
+            # asyncio.timeout, not wait_for: no extra task per push.
+            async with asyncio.timeout(self._send_timeout):
+                outcome = await provider.send(push)
         except TimeoutError:
             outcome = Outcome(Verdict.RETRY, reason="timeout")
         except Exception as exc:

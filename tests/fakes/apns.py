@@ -24,6 +24,7 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
 import jwt
 import orjson
@@ -280,13 +281,17 @@ class _Connection(asyncio.Protocol):
         response_headers = [(":status", str(status)), ("apns-id", headers.get("apns-id", ""))]
         if "retry-after" in answer:
             response_headers.append(("retry-after", str(answer.pop("retry-after"))))
-        if status == 200:
-            self._h2.send_headers(stream_id, response_headers, end_stream=True)
-        else:
-            content = orjson.dumps(answer)
-            response_headers.append(("content-type", "application/json"))
-            self._h2.send_headers(stream_id, response_headers)
-            self._h2.send_data(stream_id, content, end_stream=True)
+        try:
+            if status == 200:
+                self._h2.send_headers(stream_id, response_headers, end_stream=True)
+            else:
+                content = orjson.dumps(answer)
+                response_headers.append(("content-type", "application/json"))
+                self._h2.send_headers(stream_id, response_headers)
+                self._h2.send_data(stream_id, content, end_stream=True)
+        except h2.exceptions.StreamClosedError:
+            # The client gave up on the stream (its timeout) while we held it.
+            return
         self._flush()
 
     def _flush(self) -> None:
