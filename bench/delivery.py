@@ -5,7 +5,7 @@
 
 A private PostgreSQL (pgserver, as the fault tests use) holds the queue so
 that its CPU is ours alone. The fake providers (tests/fakes) run in this
-process; one `python -m gateway deliver` process sends. Reported per run:
+process; one `python -m gateway deliver` process sends (--processes for more). Reported per run:
 enqueue time (the POST's one INSERT ... SELECT, committed), pushes/s from
 the commit to the last 200, p50/p99 from the commit to the fake's 200, the
 worker's peak RSS (psutil, sampled every 100 ms), and the database's CPU per
@@ -110,26 +110,30 @@ async def one_run(
     env: dict[str, str],
     users: int,
     received: Any,
+    processes: int,
 ) -> dict[str, Any]:
-    """Enqueue one notification to ``users`` users, deliver it with one worker process."""
+    """Enqueue one notification to ``users`` users, deliver it with ``processes`` workers."""
     dsn = postgres.dsn
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "gateway", "deliver"),
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": dsn, **env},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    process = psutil.Process(worker.pid)
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "gateway", "deliver"),
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": dsn, **env},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        for _ in range(processes)
+    ]
+    watched = [psutil.Process(worker.pid) for worker in workers]
     peak_rss = 0
-    await asyncio.sleep(2)  # the worker's start-up and its first idle claim
-    idle_rss = process.memory_info().rss
+    await asyncio.sleep(2)  # the workers' start-up and their first idle claims
+    idle_rss = max(process.memory_info().rss for process in watched)
     pool = await create_pool(dsn, min_size=1, max_size=1)
     try:
         store = Store(pool)
         cpu_before = cpu_seconds(postgres)
-        worker_before = sum(process.cpu_times()[:2])
+        worker_before = sum(sum(process.cpu_times()[:2]) for process in watched)
         fakes_before = sum(psutil.Process().cpu_times()[:2])
         started = time.monotonic()
         queued = await store.enqueue_notification(
@@ -145,7 +149,7 @@ async def one_run(
         )
         committed = time.monotonic()
         while True:
-            peak_rss = max(peak_rss, process.memory_info().rss)
+            peak_rss = max(peak_rss, *(process.memory_info().rss for process in watched))
             if received() >= queued.targets:
                 async with pool.acquire() as connection:
                     pending = await connection.fetchval(
@@ -156,19 +160,23 @@ async def one_run(
             await asyncio.sleep(0.1)
         finished = time.monotonic()
         cpu_after = cpu_seconds(postgres)
-        worker_cpu = sum(process.cpu_times()[:2]) - worker_before
+        worker_cpu = sum(sum(process.cpu_times()[:2]) for process in watched) - worker_before
         fakes_cpu = sum(psutil.Process().cpu_times()[:2]) - fakes_before
     finally:
         await pool.close()
-        worker.send_signal(signal.SIGTERM)
-        await worker.wait()
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            await worker.wait()
     return {
         "run": name,
+        "worker_processes": processes,
         "targets": queued.targets,
         "enqueue_s": round(committed - started, 3),
         "commit_to_last_200_s": round(finished - committed, 2),
         "pushes_per_s": round(queued.targets / (finished - committed)),
         "committed_at": committed,
+        # Per process, the largest.
         "worker_rss_idle_mib": round(idle_rss / 2**20, 1),
         "worker_rss_peak_mib": round(peak_rss / 2**20, 1),
         "db_cpu_per_delivery_us": round((cpu_after - cpu_before) / queued.targets * 1e6, 1),
@@ -238,7 +246,14 @@ async def main(arguments: argparse.Namespace) -> dict[str, Any]:
         results: dict[str, Any] = {"runs": []}
 
         await populate(postgres.dsn, arguments.targets, 0, [])
-        run = await one_run("apns", postgres, env, arguments.targets, lambda: len(apns.received))
+        run = await one_run(
+            "apns",
+            postgres,
+            env,
+            arguments.targets,
+            lambda: len(apns.received),
+            arguments.processes,
+        )
         committed = run.pop("committed_at")
         latencies = [r.at - committed for r in apns.received]
         run["p50_commit_to_200_s"] = round(statistics.median(latencies), 2)
@@ -260,6 +275,7 @@ async def main(arguments: argparse.Namespace) -> dict[str, Any]:
             env,
             3 * third,
             lambda: len(apns.received) + len(fcm.received) + len(webpush.received),
+            arguments.processes,
         )
         committed = run.pop("committed_at")
         latencies = [r.at - committed for r in apns.received]
@@ -295,6 +311,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--targets", type=int, default=100_000, help="APNs targets of run 1")
     parser.add_argument("--mixed", type=int, default=30_000, help="targets of the mixed run")
     parser.add_argument("--concurrency", type=int, default=256, help="sends in flight per provider")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="`gateway deliver` processes sharing the queue"
+    )
     parser.add_argument("--h2load-requests", type=int, default=100_000)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser.parse_args()
