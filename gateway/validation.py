@@ -232,3 +232,15 @@ def category_filter_admits(normalized: str, category: str) -> bool:
     if names is None:
         return True
     return (category in names) != exclude
+
+
+# ------------------------------------------------------------------ delivery
+
+
+def has_control_characters(value: str) -> bool:
+    """Whether ``value`` holds a character of Unicode's Cc category (C0, DEL, C1)."""
+    return _has_control(value)
+
+
+def replace_control_characters(value: str, replacement: str = "?") -> str:
+    return _CONTROL_RE.sub(replacement, value)

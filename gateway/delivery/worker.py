@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import random
-import re
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -35,6 +34,7 @@ from gateway.config import Settings
 from gateway.delivery.providers import Outcome, Push, PushProvider, Verdict
 from gateway.errors import DatabaseError, GatewayError
 from gateway.store import DELIVERY_CHANNEL, RecordedOutcome, Store, create_pool
+from gateway.validation import replace_control_characters
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,10 @@ STATE_OF = {
 # A reason is a push service's text: bounded, and without the control
 # characters (a NUL above all) a text column refuses.
 MAX_REASON = 500
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _printable(reason: str | None) -> str | None:
-    return None if reason is None else _CONTROL.sub("?", reason[:MAX_REASON])
+    return None if reason is None else replace_control_characters(reason[:MAX_REASON])
 
 
 def backoff(attempts: int, outcome: Outcome, base: float, quota_base: float) -> float:

@@ -6,7 +6,6 @@ Part of the internal API: behind its admin key, answered in its error format.
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -40,6 +39,7 @@ from gateway.surfaces.internal import (
     admin_only,
     json_object,
 )
+from gateway.validation import has_control_characters
 
 NOTIFICATIONS = "/internal/v1/notifications"
 
@@ -54,19 +54,14 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 DELIVERIES_PAGE = 100
 MAX_DELIVERIES_PAGE = 1000
 
-# Unicode's Cc category, as the internal API's identifiers refuse it.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
 # The APNs headers a sender may set; the gateway sets the rest itself.
 APNS_HEADERS = ("apns-push-type", "apns-priority", "apns-expiration", "apns-collapse-id")
 
 
 def _collapse_key(value: str) -> str:
     # It travels as an HTTP header (apns-collapse-id, Topic): no control characters.
-    if not value or len(value.encode()) > MAX_COLLAPSE_KEY_BYTES or _CONTROL.search(value):
-        raise ValueError(
-            f"must be 1 to {MAX_COLLAPSE_KEY_BYTES} bytes without control characters"
-        )
+    if not value or len(value.encode()) > MAX_COLLAPSE_KEY_BYTES or has_control_characters(value):
+        raise ValueError(f"must be 1 to {MAX_COLLAPSE_KEY_BYTES} bytes without control characters")
     return value
 
 
