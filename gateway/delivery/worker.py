@@ -226,7 +226,7 @@ class DeliveryWorker:
         # While sends are in flight, claiming as soon as one slot frees would
         # cost a claim statement per push: wait for a quarter of the slots.
         enough = max(1, min(CLAIM_BATCH, provider.concurrency // 4))
-        while True:
+        while not self._stopping:
             await slots.acquire()
             taken = 1
             while taken < enough and self._in_flight[provider.provider]:
@@ -275,8 +275,12 @@ class DeliveryWorker:
         # A row due now but locked by another worker's claim must not make this
         # loop spin.
         timeout = max(timeout, 0.01)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+        # cancellation that lands as the event is set, and close() would wait
+        # on this loop for ever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await wake.wait()
 
     async def _pushes(self, rows: Sequence[asyncpg.Record]) -> list[tuple[Push, int]]:
         missing = {str(r["notification_id"]) for r in rows} - self._notifications.keys()
