@@ -892,7 +892,11 @@ def _notification_paths(spec: APISpec, plugin: MarshmallowPlugin,
                         "in": "query",
                         "schema": {"type": "string", "enum": [s.value for s in DeliveryState]},
                     },
-                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                    },
                     {
                         "name": "limit",
                         "in": "query",

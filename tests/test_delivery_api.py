@@ -283,3 +283,21 @@ async def test_what_travels_in_a_header_refuses_control_characters(api, extra, p
 async def test_a_title_with_a_nul_byte_is_stored_and_sent_escaped(api, db):
     response = await api.post(NOTIFICATIONS, json=message(title="a\u0000b"), headers=admin())
     assert response.status == 202, await response.text()
+
+
+async def test_an_fcm_override_without_data_names_the_messages_data(api):
+    body = message(data={"k": "v" * 4100}, fcm={"android": {"priority": "HIGH"}})
+    answer = await error(
+        await api.post(NOTIFICATIONS, json=body, headers=admin()), 400, "invalid_parameters"
+    )
+    assert "data" in [p["name"] for p in answer["parameters"]]
+    assert "fcm" not in [p["name"] for p in answer["parameters"]]
+
+
+async def test_a_page_after_an_id_past_bigint_is_refused(api, db):
+    await register_apns(api, "alice", apns_token(1))
+    answer = await (await api.post(NOTIFICATIONS, json=message(), headers=admin())).json()
+    response = await api.get(
+        f"{NOTIFICATIONS}/{answer['id']}/deliveries", params={"after": str(2**64)}, headers=admin()
+    )
+    assert (await error(response, 400, "invalid_parameters"))["parameters"][0]["name"] == "after"

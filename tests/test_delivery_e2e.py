@@ -231,7 +231,7 @@ async def test_a_payload_or_credential_fault_fails_at_once_and_raises_the_alarm(
     assert 'gateway_delivery_alarms_total{provider="apns",reason="BadCollapseId"} 1.0' in metrics
 
 
-async def test_an_expired_provider_token_is_renewed_once_and_the_push_sent_again(api, apns):
+async def test_an_expired_provider_token_is_renewed_and_the_push_retried_until_accepted(api, apns):
     token = apns_token(11)
     await layer_register(api, "alice", token)
     first = await send(api, users=["alice"])

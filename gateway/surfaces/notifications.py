@@ -200,10 +200,14 @@ def _check_sizes(command: SendNotification) -> None:
         size = size_of(sample_push(command, provider))
         if size > limit:
             field: str
-            if provider.value in command.overrides:
-                field = provider.value
-            elif provider is Provider.FCM:
-                field = "data"
+            override = command.overrides.get(provider.value)
+            if provider is Provider.FCM:
+                # The FCM limit counts the data map: the override's, or the message's.
+                field = "fcm" if override and "data" in override else "data"
+            elif provider is Provider.APNS and override and "aps" in override:
+                field = "apns"
+            elif provider is Provider.WEBPUSH and override is not None:
+                field = "webpush"
             else:
                 field = _largest_part(command)
             problems.append(Problem(field, f"makes the {what} {size} bytes; at most {limit}"))
@@ -221,7 +225,7 @@ class DeliveriesQuery(Schema):
     after = fields.Integer(
         strict=False,
         load_default=0,
-        validate=Range(0, None, error="must be 0 or more"),
+        validate=Range(0, 2**63 - 1, error="must be between {min} and {max}"),
         error_messages={"invalid": "must be a delivery id"},
     )
     limit = fields.Integer(
