@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -192,6 +193,8 @@ def _layer_identity_keys(env: Mapping[str, str]) -> tuple[str, ...]:
         return load_identity_keys(Path(env["GATEWAY_LAYER_IDENTITY_KEYS"]))
     except IdentityKeyError as exc:
         raise ConfigError(f"GATEWAY_LAYER_IDENTITY_KEYS: {exc}") from None
+
+
 def _webpush_allowed_hosts(raw: str, name: str) -> tuple[str, ...] | None:
     if raw.strip() == "":
         return None
@@ -208,6 +211,83 @@ def _webpush_allowed_hosts(raw: str, name: str) -> tuple[str, ...] | None:
     return tuple(hosts)
 
 
+# Delivery's settings (gateway/delivery/).
+DEFAULT_DELIVERY_RETENTION = 7 * 86400
+NO_APNS = "unset: no APNs delivery"
+
+APNS_PRODUCTION = "https://api.push.apple.com"
+APNS_SANDBOX = "https://api.sandbox.push.apple.com"
+
+
+def _apns_url(raw: str, name: str) -> str:
+    named = {"production": APNS_PRODUCTION, "sandbox": APNS_SANDBOX}
+    url = named.get(raw, raw).rstrip("/")
+    if not url.startswith("https://"):
+        raise ConfigError(f"{name} must be production, sandbox or an https URL, got {raw!r}")
+    return url
+
+
+@dataclass(frozen=True)
+class PushPin:
+    """One GATEWAY_PUSH_RESOLVE entry: connections to host:port go to these addresses."""
+
+    host: str
+    port: int
+    addresses: tuple[str, ...]
+
+
+def _pin_address(raw: str, name: str) -> str:
+    text = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} is not an IP address") from None
+
+
+def _push_resolve(raw: str, name: str) -> tuple[PushPin, ...]:
+    """``host:port:address[,address...]`` entries, comma-separated, as curl's --resolve:
+    a piece that is only an address adds to the entry before it."""
+    pins: list[PushPin] = []
+    for piece in (item.strip() for item in raw.split(",")):
+        if not piece:
+            continue
+        host, _, rest = piece.partition(":")
+        port, _, address = rest.partition(":")
+        if host and port.isdigit() and address and not host.startswith("["):
+            if not 1 <= int(port) <= 65535:
+                raise ConfigError(f"{name}: port {port} of {host} is out of range")
+            host = host.lower().rstrip(".")
+            pins.append(PushPin(host, int(port), (_pin_address(address, name),)))
+        elif pins:
+            last = pins[-1]
+            pins[-1] = PushPin(last.host, last.port, (*last.addresses, _pin_address(piece, name)))
+        else:
+            raise ConfigError(f"{name}: {piece!r} is not host:port:address")
+    return tuple(pins)
+
+
+def _file(raw: str, name: str) -> Path:
+    path = Path(raw)
+    if not path.is_file():
+        raise ConfigError(f"{name}: {raw} is not a readable file")
+    return path
+
+
+def _vapid_subject(raw: str, name: str) -> str:
+    # RFC 8292 section 2.1: the contact is a mailto: or an https: URI.
+    if not raw.startswith(("mailto:", "https://")):
+        raise ConfigError(f"{name} must be a mailto: or https: URI, got {raw!r}")
+    return raw
+
+
+def _https_base(raw: str, name: str) -> str:
+    url = raw.rstrip("/")
+    # The bearer token rides on every request: never over plain HTTP.
+    if not url.startswith("https://"):
+        raise ConfigError(f"{name} must be an https:// URL, got {raw!r}")
+    return url
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, each with its default, its variable and its bounds, once."""
@@ -216,8 +296,7 @@ class Settings:
     host: str = setting("GATEWAY_HOST", "127.0.0.1")
     port: int = setting("GATEWAY_PORT", 8080, Whole(0, 65535))
     workers: int = setting("GATEWAY_WORKERS", 1, Whole(1, 64))
-    # setting() returns a dataclasses.field, which ruff cannot see for a Path.
-    data_dir: Path = setting("GATEWAY_DATA_DIR", DEFAULT_DATA_DIR, Parsed(_path))  # noqa: RUF009
+    data_dir: Path = setting("GATEWAY_DATA_DIR", DEFAULT_DATA_DIR, Parsed(_path))
     session_ttl: int = setting(
         "GATEWAY_SESSION_TTL",
         DEFAULT_SESSION_TTL,
@@ -317,6 +396,66 @@ class Settings:
         shown="unset: any public DNS name",
     )
 
+    # Delivery (gateway/delivery/). Worker tasks per process; None: one when any
+    # provider has credentials, else none.
+    delivery_workers: int | None = setting(
+        "GATEWAY_DELIVERY_WORKERS",
+        None,
+        Whole(0, 64),
+        shown="1 per process when a provider is configured, else 0",
+    )
+    # sygnal's backoff: base x 2^n after the n-th failed attempt, quota answers
+    # (429) from a longer base; tests set them to 0.
+    delivery_retry_base: float = setting("GATEWAY_DELIVERY_RETRY_BASE", 10.0, Number(86400))
+    delivery_quota_retry_base: float = setting(
+        "GATEWAY_DELIVERY_QUOTA_RETRY_BASE", 60.0, Number(86400)
+    )
+    # A claimed row's lease: the worker must record the outcome before it ends,
+    # or the row is due again. Longer than any one send may take.
+    delivery_lease: float = setting("GATEWAY_DELIVERY_LEASE", 60.0, Number(3600))
+    # How often an idle worker looks for due rows when no NOTIFY wakes it.
+    delivery_poll: float = setting("GATEWAY_DELIVERY_POLL", 5.0, Number(3600))
+    # Sends in flight at once, per provider.
+    delivery_concurrency: int = setting("GATEWAY_DELIVERY_CONCURRENCY", 256, Whole(1, 10_000))
+    # Delivered rows are kept this long (seconds), then purged.
+    delivery_retention: int = setting(
+        "GATEWAY_DELIVERY_RETENTION",
+        DEFAULT_DELIVERY_RETENTION,
+        Whole(0, 10 * 365 * 86400),
+        shown=f"{DEFAULT_DELIVERY_RETENTION} (7 days)",
+    )
+    # APNs token auth: the .p8 key, its id, the team; the default topic for
+    # registrations without a bundle id; the service's base URL.
+    apns_key_file: Path | None = setting(
+        "GATEWAY_APNS_KEY_FILE", None, Parsed(_file), shown=NO_APNS
+    )
+    apns_key_id: str | None = setting("GATEWAY_APNS_KEY_ID", None, shown=NO_APNS)
+    apns_team_id: str | None = setting("GATEWAY_APNS_TEAM_ID", None, shown=NO_APNS)
+    apns_topic: str | None = setting("GATEWAY_APNS_TOPIC", None, shown="unset")
+    apns_url: str = setting(
+        "GATEWAY_APNS_URL", APNS_PRODUCTION, Parsed(_apns_url), shown="production"
+    )
+    # Delivery's network (gateway/delivery/net.py): pinned push hosts (the only way
+    # a send reaches a private or loopback address) and extra CAs beside the system's.
+    push_resolve: tuple[PushPin, ...] = setting(
+        "GATEWAY_PUSH_RESOLVE", (), Parsed(_push_resolve), shown="unset"
+    )
+    push_ca_file: Path | None = setting(
+        "GATEWAY_PUSH_CA_FILE", None, Parsed(_file), shown="unset"
+    )
+    # FCM HTTP v1: the service-account JSON and the API's base URL.
+    fcm_credentials: Path | None = setting(
+        "GATEWAY_FCM_CREDENTIALS", None, Parsed(_file), shown="unset: no FCM delivery"
+    )
+    fcm_url: str = setting("GATEWAY_FCM_URL", "https://fcm.googleapis.com", Parsed(_https_base))
+    # Web Push VAPID: the P-256 private key PEM (`gateway vapid keygen`) and the contact.
+    vapid_private_key: Path | None = setting(
+        "GATEWAY_VAPID_PRIVATE_KEY", None, Parsed(_file), shown="unset: no Web Push delivery"
+    )
+    vapid_subject: str | None = setting(
+        "GATEWAY_VAPID_SUBJECT", None, Parsed(_vapid_subject), shown="required with the key"
+    )
+
     @property
     def layer_auth_configured(self) -> bool:
         return bool(self.layer_identity_keys)
@@ -336,6 +475,15 @@ class Settings:
         settings = cls(**values, layer_identity_keys=_layer_identity_keys(env))
         if settings.pool_min_size > settings.pool_max_size:
             raise ConfigError("GATEWAY_POOL_MIN_SIZE must not exceed GATEWAY_POOL_MAX_SIZE")
+        apns = [settings.apns_key_file, settings.apns_key_id, settings.apns_team_id]
+        if any(apns) and not all(apns):
+            raise ConfigError(
+                "GATEWAY_APNS_KEY_FILE, GATEWAY_APNS_KEY_ID and GATEWAY_APNS_TEAM_ID go together"
+            )
+        if settings.delivery_lease < 1:
+            raise ConfigError("GATEWAY_DELIVERY_LEASE must be at least 1 second")
+        if settings.vapid_private_key is not None and settings.vapid_subject is None:
+            raise ConfigError("GATEWAY_VAPID_SUBJECT is required with GATEWAY_VAPID_PRIVATE_KEY")
         return settings
 
 

@@ -1,4 +1,5 @@
-"""The database's life in the app: the pools, the group-commit writer and the session purge."""
+"""What runs beside the requests, from start to shutdown: the pools, the group-commit writer,
+the session purge, and the delivery workers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway.delivery.worker import (
+    DELIVERY_WORKERS,
+    DeliveryCollector,
+    DeliveryStats,
+    running_workers,
+)
 from gateway.executor import Executor, GroupCommitter
 from gateway.keys import (
     DATABASE_PROBE,
@@ -89,3 +96,13 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         await writer.close()
         await pool.close()
         await internal_pool.close()
+
+
+async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Runs the delivery workers inside `serve` when provider credentials are configured."""
+    stats = DeliveryStats()
+    async with running_workers(app[SETTINGS], stats) as workers:
+        if workers:
+            app[METRICS].registry.register(DeliveryCollector(stats))
+        app[DELIVERY_WORKERS] = workers
+        yield

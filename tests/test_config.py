@@ -24,7 +24,10 @@ def readme_table() -> dict[str, str]:
         if len(cells) < 3 or not cells[0].startswith("`"):
             continue
         names = re.findall(r"`([A-Z_]+)`", cells[0])
-        defaults = [cells[1]] if len(names) == 1 else cells[1].split(", ")
+        defaults = cells[1].split(", ") if len(names) > 1 else [cells[1]]
+        if len(defaults) == 1:
+            # One default said once for several variables that go together.
+            defaults *= len(names)
         assert len(defaults) == len(names), line
         for name, default in zip(names, defaults, strict=True):
             table[name] = default.replace("`", "")
