@@ -139,7 +139,7 @@ def _categories(raw: str, name: str) -> frozenset[str] | None:
     if raw.strip() == "":
         return None
     names = frozenset(item.strip() for item in raw.split(","))
-    bad = sorted(name for name in names if not name.isidentifier() or name in {"", "*"})
+    bad = sorted(each for each in names if not each.isidentifier() or each in {"", "*"})
     if bad:
         raise ConfigError(f"{name} has invalid category names: {bad}")
     return names
@@ -201,13 +201,11 @@ def _webpush_allowed_hosts(raw: str, name: str) -> tuple[str, ...] | None:
     hosts: list[str] = []
     for item in raw.split(","):
         # "*.mozilla.com" and ".mozilla.com" as sygnal writes them: the same suffix.
-        name = item.strip().removeprefix("*").removeprefix(".")
+        host = item.strip().removeprefix("*").removeprefix(".")
         try:
-            hosts.append(normalize_host(name))
+            hosts.append(normalize_host(host))
         except ValueError as exc:
-            raise ConfigError(
-                f"{name} has an invalid host {item.strip()!r}: {exc}"
-            ) from None
+            raise ConfigError(f"{name} has an invalid host {item.strip()!r}: {exc}") from None
     return tuple(hosts)
 
 
