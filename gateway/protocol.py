@@ -104,7 +104,7 @@ def _parameters(function: object) -> list[str]:
 
 
 # What each overridden or read aiohttp function must look like.
-_EXPECTED = {
+EXPECTED_SIGNATURES: dict[str, tuple[object, list[str]]] = {
     "RequestHandler.handle_error": (
         RequestHandler.handle_error,
         ["self", "request", "status", "exc", "message"],
@@ -119,11 +119,13 @@ _EXPECTED = {
 }
 
 
-def check_aiohttp() -> None:
+def check_aiohttp(
+    signatures: dict[str, tuple[object, list[str]]] = EXPECTED_SIGNATURES,
+) -> None:
     """Raises RuntimeError naming what changed if aiohttp no longer looks as this module expects."""
     changed = [
         f"{name}{tuple(_parameters(function))}, expected {tuple(expected)}"
-        for name, (function, expected) in _EXPECTED.items()
+        for name, (function, expected) in signatures.items()
         if _parameters(function) != expected
     ]
     if getattr(web_server, "RequestHandler", None) not in (RequestHandler, GatewayRequestHandler):
