@@ -186,7 +186,9 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[INTERNAL_STORE] = Store(internal_pool, sessions=store.sessions)
     writer = GroupCommitter(store, max_pending=settings.max_pending_writes)
     writer.start()
-    app[EXECUTOR] = Executor(store, writer, app[RATE_LIMITER], identity_verifier(settings))
+    app[EXECUTOR] = Executor(
+        store, writer, app[RATE_LIMITER], identity_verifier(settings), internal=app[INTERNAL_STORE]
+    )
     purger = asyncio.create_task(_purge_expired_sessions(store), name="purge-sessions")
     try:
         yield

@@ -9,11 +9,10 @@ import hashlib
 import hmac
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -27,6 +26,8 @@ from gateway.commands import (
     OpenSession,
     Provider,
     PruneTokens,
+    RevokeSession,
+    Row,
     SessionRef,
 )
 from gateway.errors import (
@@ -42,7 +43,7 @@ from gateway.errors import (
     SessionNotFound,
     UnknownEndpoint,
 )
-from gateway.keys import INTERNAL_STORE, SETTINGS
+from gateway.keys import EXECUTOR, SETTINGS
 from gateway.parsing import Text, json_object, load, one_of
 
 log = logging.getLogger(__name__)
@@ -330,7 +331,7 @@ def _admin_only(handler: Handler) -> Handler:
 # ------------------------------------------------------------------ handlers
 
 
-def _target(row: asyncpg.Record) -> bytes:
+def _target(row: Row) -> bytes:
     p256dh = row["webpush_p256dh"]
     return orjson.dumps(
         {
@@ -358,7 +359,6 @@ async def find_targets(request: web.Request) -> web.StreamResponse:
     query = load(request.app[TARGETS_SCHEMA], await _json_object(request, MAX_TARGETS_BODY_BYTES))
     response = web.StreamResponse()
     response.content_type = NDJSON
-    store = request.app[INTERNAL_STORE]
     settings = request.app[SETTINGS]
     write_timeout = settings.internal_write_timeout
     loop = asyncio.get_running_loop()
@@ -375,10 +375,11 @@ async def find_targets(request: web.Request) -> web.StreamResponse:
         async with asyncio.timeout_at(min(loop.time() + write_timeout, last_write)):
             await response.write(chunk)
 
-    async with contextlib.aclosing(store.find_targets(query)) as batches:
+    targets: AsyncGenerator[list[Row], None] = await request.app[EXECUTOR].execute(query)
+    async with contextlib.aclosing(targets) as batches:
         # A failure before the first batch still gets an error status; after
         # the status has gone out, cutting the connection is the only signal.
-        batch: list[asyncpg.Record] = await anext(batches, [])
+        batch: list[Row] = await anext(batches, [])
         await response.prepare(request)
         try:
             pending: list[bytes] = []
@@ -417,13 +418,13 @@ async def find_targets(request: web.Request) -> web.StreamResponse:
 
 async def prune_dead_tokens(request: web.Request) -> web.Response:
     command = load(FEEDBACK_SCHEMA, await _json_object(request, MAX_FEEDBACK_BODY_BYTES))
-    removed = await request.app[INTERNAL_STORE].prune_tokens(command) if command.tokens else 0
+    removed = await request.app[EXECUTOR].execute(command)
     return _json(200, {"removed": removed})
 
 
 async def open_session(request: web.Request) -> web.Response:
     command = load(request.app[SESSION_SCHEMA], await _json_object(request, MAX_SESSION_BODY_BYTES))
-    opened = await request.app[INTERNAL_STORE].open_session(command)
+    opened = await request.app[EXECUTOR].execute(command)
     return _json(201, {"token": opened.token, "expires_at": opened.expires_at})
 
 
@@ -431,7 +432,7 @@ async def end_session(request: web.Request) -> web.Response:
     token = request.match_info["token"]
     if not _SESSION_TOKEN.fullmatch(token):
         raise InvalidParameters([Problem("token", "must be 32 hexadecimal characters")])
-    await request.app[INTERNAL_STORE].end_session(SessionRef.from_token(token.lower()))
+    await request.app[EXECUTOR].execute(RevokeSession(SessionRef.from_token(token.lower())))
     return web.Response(status=204)
 
 
