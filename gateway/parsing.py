@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from marshmallow import Schema, ValidationError, fields
 
-from gateway.errors import InvalidParameters, MalformedRequest, Problem
+from gateway.errors import InvalidParameters, MalformedRequest, Problem, RequestTooLarge
 
 REQUIRED = "is required"
 REPEATED = "is given more than once"
@@ -111,10 +111,24 @@ def load(schema: Schema, data: Mapping[str, Any]) -> Any:
         raise InvalidParameters(_flatten(exc.messages)) from None
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The request body; one its Content-Encoding cannot undo is the caller's error."""
+async def read_body(request: web.Request, limit: int | None = None) -> bytes:
+    """The request body; one its Content-Encoding cannot undo is the caller's error.
+
+    With ``limit``, read here up to that many bytes rather than with
+    request.read(), which the app's client_max_size bounds (sized for the
+    public dialects, far too small for a sender's audience).
+    """
     try:
-        return await request.read()
+        if limit is None:
+            return await request.read()
+        if request.content_length is not None and request.content_length > limit:
+            raise RequestTooLarge(f"the body must be at most {limit} bytes")
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > limit:
+                raise RequestTooLarge(f"the body must be at most {limit} bytes")
+        return bytes(body)
     except RequestPayloadError:
         raise MalformedRequest("the body does not match its Content-Encoding") from None
 

@@ -8,14 +8,12 @@ import functools
 import hashlib
 import hmac
 import logging
-import re
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from datetime import datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load
 from marshmallow.validate import Range
 
@@ -28,7 +26,6 @@ from gateway.commands import (
     PruneTokens,
     RevokeSession,
     Row,
-    SessionRef,
 )
 from gateway.errors import (
     AdminKeyRejected,
@@ -44,7 +41,8 @@ from gateway.errors import (
     UnknownEndpoint,
 )
 from gateway.keys import EXECUTOR, SETTINGS
-from gateway.parsing import Text, json_object, load, one_of
+from gateway.parsing import Text, json_object, load, one_of, read_body
+from gateway.wire import Handler, json_response, session_from_token
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +74,7 @@ MAX_SESSION_TTL = validation.MAX_SESSION_TTL
 # user ids must not come back whole.
 MAX_PROBLEMS_SHOWN = 20
 
-_SESSION_TOKEN = re.compile(r"[0-9a-fA-F]{32}")
-# Exactly Unicode's Cc category, which validation.check_identifier refuses; one
-# regex search per id keeps a 100,000-id audience at ~40 ms instead of ~0.8 s.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
-_TOKEN_CHECKS: dict[Provider, Callable[[str], str]] = {
-    Provider.APNS: validation.normalize_apns_token,
-    Provider.FCM: validation.check_fcm_token,
-    # Normalised as a bind stores it, so that any spelling of a subscription
-    # prunes it. The allow-list is not applied: it guards what is stored, and
-    # an endpoint stored before it was narrowed must still be prunable.
-    Provider.WEBPUSH: validation.normalize_webpush_endpoint,
-}
 # What each push service says when a token is gone for good: APNs 410
 # Unregistered and 400 BadDeviceToken, FCM v1 UNREGISTERED, and the HTTP status
 # of a Web Push service.
@@ -97,9 +83,6 @@ DEAD_TOKEN_REASONS: dict[Provider, frozenset[str]] = {
     Provider.FCM: frozenset({"UNREGISTERED"}),
     Provider.WEBPUSH: frozenset({"404", "410"}),
 }
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 # ------------------------------------------------------------------ parsing
 
@@ -129,7 +112,7 @@ class UserIds(fields.Field):  # type: ignore[type-arg]
         for index, item in enumerate(value):
             if not isinstance(item, str):
                 problems[index] = ["must be a string"]
-            elif not item or len(item) > validation.MAX_ID_LENGTH or _CONTROL.search(item):
+            elif not item or len(item) > validation.MAX_ID_LENGTH or validation.has_control(item):
                 try:
                     validation.check_identifier(item)
                 except ValueError as exc:
@@ -214,8 +197,9 @@ class DeadTokenSchema(Schema):
                 {"reason": [f"must be one of, for {provider.value}: " + ", ".join(sorted(reasons))]}
             )
         try:
-            # APNs tokens are stored lowercase; the others as registered.
-            token = _TOKEN_CHECKS[provider](data["token"])
+            # As registration normalised it; the Web Push allow-list guards
+            # what is stored, not what may be pruned.
+            token = validation.normalize_token(provider, data["token"])
         except ValueError as exc:
             raise ValidationError({"token": [str(exc)]}) from None
         return DeadToken(provider=provider, token=token, observed_at=data["observed_at"])
@@ -275,22 +259,7 @@ ADMIN_KEY_DIGEST = web.AppKey("internal_admin_key_digest", bytes)
 
 
 async def _json_object(request: web.Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, read up to ``limit`` bytes.
-
-    Read here rather than with request.read(): the app's client_max_size is
-    sized for the public dialects and is far too small for an audience.
-    """
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestTooLarge(f"the body must be at most {limit} bytes")
-    body = bytearray()
-    try:
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            body += chunk
-            if len(body) > limit:
-                raise RequestTooLarge(f"the body must be at most {limit} bytes")
-    except RequestPayloadError:
-        raise MalformedRequest("the body does not match its Content-Encoding") from None
-    return json_object(bytes(body))
+    return json_object(await read_body(request, limit))
 
 
 # ------------------------------------------------------------------ the key
@@ -419,20 +388,20 @@ async def find_targets(request: web.Request) -> web.StreamResponse:
 async def prune_dead_tokens(request: web.Request) -> web.Response:
     command = load(FEEDBACK_SCHEMA, await _json_object(request, MAX_FEEDBACK_BODY_BYTES))
     removed = await request.app[EXECUTOR].execute(command)
-    return _json(200, {"removed": removed})
+    return json_response(200, {"removed": removed})
 
 
 async def open_session(request: web.Request) -> web.Response:
     command = load(request.app[SESSION_SCHEMA], await _json_object(request, MAX_SESSION_BODY_BYTES))
     opened = await request.app[EXECUTOR].execute(command)
-    return _json(201, {"token": opened.token, "expires_at": opened.expires_at})
+    return json_response(201, {"token": opened.token, "expires_at": opened.expires_at})
 
 
 async def end_session(request: web.Request) -> web.Response:
-    token = request.match_info["token"]
-    if not _SESSION_TOKEN.fullmatch(token):
+    session = session_from_token(request.match_info["token"])
+    if session is None:
         raise InvalidParameters([Problem("token", "must be 32 hexadecimal characters")])
-    await request.app[EXECUTOR].execute(RevokeSession(SessionRef.from_token(token.lower())))
+    await request.app[EXECUTOR].execute(RevokeSession(session))
     return web.Response(status=204)
 
 
@@ -473,12 +442,6 @@ def owns(path: str) -> bool:
 # ------------------------------------------------------------------ errors
 
 
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
-    )
-
-
 _STATUS: list[tuple[type[GatewayError], int, str, str]] = [
     (AdminKeyRejected, 401, "unauthorized", "'Authorization: Bearer <admin key>' is required"),
     (InvalidParameters, 400, "invalid_parameters", "Invalid parameters"),
@@ -509,4 +472,4 @@ def render_error(exc: GatewayError) -> web.Response:
             # Our own wording (or aiohttp's reason), never a caller's input.
             error["message"] = str(exc)
     headers = {"WWW-Authenticate": 'Bearer realm="gateway-internal"'} if status == 401 else None
-    return _json(status, {"error": error}, headers)
+    return json_response(status, {"error": error}, headers)

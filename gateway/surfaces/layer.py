@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from aiohttp import web
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
 
@@ -42,6 +40,7 @@ from gateway.errors import (
 )
 from gateway.keys import EXECUTOR, SETTINGS
 from gateway.parsing import SESSION_KEY, Text, json_object, load, one_of, read_body
+from gateway.wire import Handler, json_response, session_from_token
 
 MEDIA_TYPE = "application/vnd.layer+json"
 DOCS_URL = "https://developer.layer.com/docs/client/rest"
@@ -51,7 +50,6 @@ DOCS_URL = "https://developer.layer.com/docs/client/rest"
 _AUTHORIZATION = re.compile(
     r"""\s*Layer\s+session-token\s*=\s*(?:"([^"]*)"|'([^']*)')\s*""", re.IGNORECASE
 )
-_SESSION_TOKEN = re.compile(r"[0-9a-fA-F]{32}")
 # [0-9], not \d: \d would let other scripts' digits through (as gateway.validation notes).
 _IOS_VERSION = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){0,2}")
 _TYPES = {"apns": Provider.APNS, "gcm": Provider.FCM}
@@ -81,13 +79,8 @@ class RegisterSchema(Schema):
     @post_load
     def make_command(self, data: dict[str, Any], **_: Any) -> RegisterToken:
         provider = _TYPES[data["type"]]
-        check = (
-            validation.normalize_apns_token
-            if provider is Provider.APNS
-            else validation.check_fcm_token
-        )
         try:
-            token = check(data["token"])
+            token = validation.normalize_token(provider, data["token"])
         except ValueError as exc:
             raise ValidationError({"token": [str(exc)]}) from None
         if provider is Provider.FCM:
@@ -155,9 +148,6 @@ def _check_accept(request: web.Request) -> None:
     raise NotAcceptable(f"Accept must be {_accepted(versions)}")
 
 
-Handler = Callable[[web.Request], Awaitable[web.Response]]
-
-
 def _route(handler: Handler) -> Handler:
     """A Layer route: the Accept check first, and a fresh nonce on every 401.
 
@@ -168,7 +158,7 @@ def _route(handler: Handler) -> Handler:
     """
 
     @functools.wraps(handler)
-    async def serve(request: web.Request) -> web.Response:
+    async def serve(request: web.Request) -> web.StreamResponse:
         _check_accept(request)
         try:
             return await handler(request)
@@ -183,20 +173,16 @@ def _route(handler: Handler) -> Handler:
 
 def _session(request: web.Request) -> SessionRef:
     match = _AUTHORIZATION.fullmatch(request.headers.get("Authorization", ""))
-    token = (match.group(1) or match.group(2)) if match else None
-    if token is None or not _SESSION_TOKEN.fullmatch(token):
+    session = session_from_token((match.group(1) or match.group(2)) if match else None)
+    if session is None:
         raise MissingCredentials()
-    return SessionRef.from_token(token.lower())
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    return json_object(await read_body(request))
+    return session
 
 
 @_route
 async def register_push_token(request: web.Request) -> web.Response:
     session = _session(request)
-    body = await _json_object(request)
+    body = json_object(await read_body(request))
     body[SESSION_KEY] = session
     await request.app[EXECUTOR].execute(load(REGISTER_SCHEMA, body))
     return web.Response(status=202)
@@ -236,30 +222,30 @@ def _registration(row: dict[str, Any]) -> dict[str, Any]:
 @_route
 async def list_push_tokens(request: web.Request) -> web.Response:
     rows = await request.app[EXECUTOR].execute(ListRegistrations(_session(request)))
-    return _json(200, [_registration(row) for row in rows])
+    return json_response(200, [_registration(row) for row in rows])
 
 
 @_route
 async def end_session(request: web.Request) -> web.Response:
-    token = request.match_info["session_token"]
-    if not _SESSION_TOKEN.fullmatch(token):
+    session = session_from_token(request.match_info["session_token"])
+    if session is None:
         raise MissingCredentials()
-    await request.app[EXECUTOR].execute(EndSession(SessionRef.from_token(token.lower())))
+    await request.app[EXECUTOR].execute(EndSession(session))
     return web.Response(status=204)
 
 
 @_route
 async def issue_nonce(request: web.Request) -> web.Response:
     nonce = await request.app[EXECUTOR].execute(IssueNonce())
-    return _json(201, {"nonce": nonce})
+    return json_response(201, {"nonce": nonce})
 
 
 @_route
 async def log_in(request: web.Request) -> web.Response:
-    body = await _json_object(request)
+    body = json_object(await read_body(request))
     body[SESSION_KEY] = request.app[SETTINGS].session_ttl
     opened = await request.app[EXECUTOR].execute(load(LOG_IN_SCHEMA, body))
-    return _json(201, {"session_token": opened.token})
+    return json_response(201, {"session_token": opened.token})
 
 
 def setup_routes(app: web.Application) -> None:
@@ -270,15 +256,6 @@ def setup_routes(app: web.Application) -> None:
     # [\s\S], not '.': a device id with a newline is a bad property (422), not an unknown path.
     app.router.add_delete(r"/push_tokens/{device_id:[\s\S]+}", unregister_push_token)
     app.router.add_delete("/sessions/{session_token}", end_session)
-
-
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        body=orjson.dumps(body),
-        content_type="application/json",
-        headers=headers,
-    )
 
 
 def _error(
@@ -297,7 +274,7 @@ def _error(
         "data": (data or {}) | ({"nonce": nonce} if nonce is not None else {}),
     }
     headers = _CHALLENGE if status == 401 else _RETRY_SOON if status in {429, 503} else None
-    return _json(status, body, headers)
+    return json_response(status, body, headers)
 
 
 _CHALLENGE = {"WWW-Authenticate": "Layer"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -48,18 +48,14 @@ from gateway.parsing import (
     one_of,
     read_body,
 )
+from gateway.wire import Handler, json_response, session_from_token
 
 PREFIXES = ("/v2", "")
-_HASH = re.compile(r"[0-9a-fA-F]{32}")
 _AUTHORIZATION = re.compile(r"NVX ([^ ]*)")
 _APPLICATIONS = {
     "navixy_iphone_viewer": Provider.APNS,
     "navixy_android_viewer": Provider.FCM,
     "w3c_pushapi": Provider.WEBPUSH,
-}
-_TOKEN_CHECKS: dict[Provider, Callable[[str], str]] = {
-    Provider.APNS: validation.normalize_apns_token,
-    Provider.FCM: validation.check_fcm_token,
 }
 _SUCCESS = orjson.dumps({"success": True})
 
@@ -95,17 +91,12 @@ class BindSchema(Schema):
         self.categories = categories
         self.webpush_hosts = webpush_hosts
 
-    def _check_token(self, provider: Provider, token: str) -> str:
-        if provider is Provider.WEBPUSH:
-            return validation.normalize_webpush_endpoint(token, self.webpush_hosts)
-        return _TOKEN_CHECKS[provider](token)
-
     @post_load
     def make_command(self, data: dict[str, Any], **_: Any) -> RegisterToken:
         provider = _APPLICATIONS[data["application"]]
         errors: dict[str, list[str]] = {}
         try:
-            token = self._check_token(provider, data["token"])
+            token = validation.normalize_token(provider, data["token"], self.webpush_hosts)
         except ValueError as exc:
             errors["token"] = [str(exc)]
         if provider is Provider.WEBPUSH and data["parameters"] is None:
@@ -189,9 +180,10 @@ def _session(request: web.Request, parameters: dict[str, Any]) -> SessionRef:
             value = match.group(1) if match else None
             if value is None:
                 raise MissingCredentials()
-    if not isinstance(value, str) or not _HASH.fullmatch(value):
+    session = session_from_token(value)
+    if session is None:
         raise MissingCredentials()
-    return SessionRef.from_token(value.lower())
+    return session
 
 
 def _success() -> web.Response:
@@ -227,7 +219,7 @@ async def unknown_action(request: web.Request) -> web.Response:
     raise UnknownEndpoint()
 
 
-ACTIONS: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {
+ACTIONS: dict[str, Handler] = {
     "user/session/push_token/bind": bind_push_token,
     "user/session/push_token/delete": delete_push_token,
     "user/logout": logout,
@@ -292,6 +284,4 @@ def render_error(exc: GatewayError) -> web.Response:
             for problem in exc.problems
         ]
     headers = {"Retry-After": "1"} if status in {429, 503} else None
-    return web.Response(
-        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
-    )
+    return json_response(status, body, headers)
