@@ -19,6 +19,7 @@ from gateway.keys import SETTINGS
 from gateway.observability import REQUEST_ID_HEADER
 from gateway.parsing import SESSION_KEY
 from gateway.surfaces import internal, layer, navixy
+from gateway.wire import describe
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -225,27 +226,8 @@ def _json_body(schema: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------ the Layer dialect
 
-_LAYER_ERRORS = {
-    400: "The body is not a JSON object (invalid_request, code 10)",
-    401: (
-        "No valid session token, the session is unknown, expired or ended, or the identity"
-        " token was refused (code 4); data.nonce is a fresh nonce when the handshake is"
-        " configured"
-    ),
-    406: (
-        "Accept is not application/vnd.layer+json with a version of GATEWAY_LAYER_VERSIONS"
-        " (invalid_header, code 107)"
-    ),
-    413: "The body is larger than GATEWAY_MAX_BODY_BYTES (invalid_request, code 10)",
-    422: "A property is missing (code 104) or invalid (code 105); data.property names it",
-    429: "Too many requests for this session (rate_limit_exceeded, code 7)",
-    500: "A database or unexpected error (internal_server_error, code 100)",
-    501: (
-        "The handshake is not configured: no GATEWAY_LAYER_APP_ID, GATEWAY_LAYER_PROVIDER_ID"
-        " and GATEWAY_LAYER_IDENTITY_KEYS (authentication_not_configured)"
-    ),
-    503: "The database is unavailable or the write queue is full (code 1)",
-}
+# What each status answers, from the table the Layer renderer reads.
+_LAYER_ERRORS = describe(layer.DOCUMENTED_ERRORS)
 
 
 def _error_answers(
@@ -458,16 +440,8 @@ def _layer_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
 
 # ------------------------------------------------------------ the Navixy dialect
 
-_NAVIXY_ERRORS = {
-    400: (
-        "Navixy codes 3 (wrong hash), 4 (session not found or ended), 5 (wrong request "
-        "format), 7 (invalid parameters, with errors)"
-    ),
-    412: "Code 9: the body is larger than GATEWAY_MAX_BODY_BYTES",
-    429: "Code 15: too many requests for this session",
-    500: "Code 1 (database error) or 6 (unexpected error)",
-    503: "Code 14: the database is unavailable or the write queue is full",
-}
+# Every Navixy error but a 200 answer's, from the table its renderer reads.
+_NAVIXY_ERRORS = describe(navixy.ERRORS)
 
 
 def _navixy_answers() -> dict[str, Any]:
@@ -601,14 +575,7 @@ def _navixy_paths(spec: APISpec, plugin: MarshmallowPlugin, categories: frozense
 
 # ------------------------------------------------------------ the senders' internal API
 
-_INTERNAL_ERRORS = {
-    400: "The body is not a JSON object, or a parameter is invalid (parameters lists them)",
-    401: "The admin key is missing or wrong",
-    404: "No live session has this token",
-    413: "The body is larger than this endpoint takes",
-    500: "A database or unexpected error",
-    503: "The database is unavailable",
-}
+_INTERNAL_ERRORS = describe(internal.ERRORS)
 
 
 def _internal_errors(*statuses: int) -> dict[str, Any]:

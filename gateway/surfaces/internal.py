@@ -42,7 +42,15 @@ from gateway.errors import (
 )
 from gateway.keys import EXECUTOR, SETTINGS
 from gateway.parsing import Text, json_object, load, one_of, read_body
-from gateway.wire import Handler, json_response, session_from_token
+from gateway.wire import (
+    Detail,
+    ErrorRow,
+    ErrorTable,
+    Handler,
+    json_response,
+    row_for,
+    session_from_token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -442,34 +450,37 @@ def owns(path: str) -> bool:
 # ------------------------------------------------------------------ errors
 
 
-_STATUS: list[tuple[type[GatewayError], int, str, str]] = [
-    (AdminKeyRejected, 401, "unauthorized", "'Authorization: Bearer <admin key>' is required"),
-    (InvalidParameters, 400, "invalid_parameters", "Invalid parameters"),
-    (MalformedRequest, 400, "malformed_request", "The body must be a JSON object"),
-    (SessionNotFound, 404, "session_not_found", "No live session has this token"),
-    (UnknownEndpoint, 404, "unknown_endpoint", "There is no such endpoint"),
-    (MethodNotAllowed, 405, "method_not_allowed", "This method is not allowed here"),
-    (RequestTooLarge, 413, "request_too_large", "The request body is too large"),
-    (DatabaseUnavailable, 503, "database_unavailable", "The database is unavailable"),
-    (DatabaseError, 500, "database_error", "A database error occurred"),
-]
+# Each domain error as the internal API tells it; the first row whose kind the error is wins.
+ERRORS: ErrorTable = (
+    ErrorRow(
+        AdminKeyRejected, 401, "unauthorized", "'Authorization: Bearer <admin key>' is required"
+    ),
+    ErrorRow(InvalidParameters, 400, "invalid_parameters", "Invalid parameters"),
+    ErrorRow(
+        MalformedRequest, 400, "malformed_request", "The body must be a JSON object",
+        detail=Detail.OWN,
+    ),
+    ErrorRow(SessionNotFound, 404, "session_not_found", "No live session has this token"),
+    ErrorRow(UnknownEndpoint, 404, "unknown_endpoint", "There is no such endpoint"),
+    ErrorRow(MethodNotAllowed, 405, "method_not_allowed", "This method is not allowed here"),
+    ErrorRow(
+        RequestTooLarge, 413, "request_too_large", "The request body is too large",
+        detail=Detail.OWN,
+    ),
+    ErrorRow(DatabaseUnavailable, 503, "database_unavailable", "The database is unavailable"),
+    ErrorRow(DatabaseError, 500, "database_error", "A database error occurred"),
+    ErrorRow(GatewayError, 500, "internal_error", "An unexpected error occurred"),
+)
 
 
 def render_error(exc: GatewayError) -> web.Response:
     """The one place a domain error becomes an internal API error body."""
-    status, code, message = 500, "internal_error", "An unexpected error occurred"
-    for kind, kind_status, kind_code, kind_message in _STATUS:
-        if isinstance(exc, kind):
-            status, code, message = kind_status, kind_code, kind_message
-            break
-    error: dict[str, Any] = {"code": code, "message": message}
-    match exc:
-        case InvalidParameters(problems=problems):
-            shown = problems[:MAX_PROBLEMS_SHOWN]
-            error["message"] = "; ".join(f"{p.parameter}: {p.message}" for p in shown)
-            error["parameters"] = [{"name": p.parameter, "message": p.message} for p in shown]
-        case MalformedRequest() | RequestTooLarge() if str(exc):
-            # Our own wording (or aiohttp's reason), never a caller's input.
-            error["message"] = str(exc)
-    headers = {"WWW-Authenticate": 'Bearer realm="gateway-internal"'} if status == 401 else None
-    return json_response(status, {"error": error}, headers)
+    row = row_for(ERRORS, exc)
+    # Our own wording (or aiohttp's reason) when the row takes it, never a caller's input.
+    error: dict[str, Any] = {"code": row.code, "message": row.message_for(exc)}
+    if isinstance(exc, InvalidParameters):
+        shown = exc.problems[:MAX_PROBLEMS_SHOWN]
+        error["message"] = "; ".join(f"{p.parameter}: {p.message}" for p in shown)
+        error["parameters"] = [{"name": p.parameter, "message": p.message} for p in shown]
+    headers = {"WWW-Authenticate": 'Bearer realm="gateway-internal"'} if row.status == 401 else None
+    return json_response(row.status, {"error": error}, headers)

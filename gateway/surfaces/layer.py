@@ -40,7 +40,15 @@ from gateway.errors import (
 )
 from gateway.keys import EXECUTOR, SETTINGS
 from gateway.parsing import SESSION_KEY, Text, json_object, load, one_of, read_body
-from gateway.wire import Handler, json_response, session_from_token
+from gateway.wire import (
+    Detail,
+    ErrorRow,
+    ErrorTable,
+    Handler,
+    json_response,
+    row_for,
+    session_from_token,
+)
 
 MEDIA_TYPE = "application/vnd.layer+json"
 DOCS_URL = "https://developer.layer.com/docs/client/rest"
@@ -258,83 +266,89 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_delete("/sessions/{session_token}", end_session)
 
 
-def _error(
-    status: int,
-    code: int,
-    error_id: str,
-    message: str,
-    data: dict[str, Any] | None = None,
-    nonce: str | None = None,
-) -> web.Response:
-    body = {
-        "id": error_id,
-        "code": code,
-        "message": message,
-        "url": f"{DOCS_URL}#{error_id}",
-        "data": (data or {}) | ({"nonce": nonce} if nonce is not None else {}),
-    }
-    headers = _CHALLENGE if status == 401 else _RETRY_SOON if status in {429, 503} else None
-    return json_response(status, body, headers)
-
-
 _CHALLENGE = {"WWW-Authenticate": "Layer"}
 # Overload and rate limits clear within a second; an outage is worth retrying
 # as soon as that.
 _RETRY_SOON = {"Retry-After": "1"}
+
+# The first bad property of an InvalidParameters, by whether it was missing.
+MISSING_PROPERTY = ErrorRow(
+    InvalidParameters, 422, 104, "{property} is required", id="missing_property"
+)
+INVALID_PROPERTY = ErrorRow(
+    InvalidParameters, 422, 105, "{property} {problem}", id="invalid_property"
+)
+
+# Each domain error as Layer tells it; the first row whose kind the error is wins.
+ERRORS: ErrorTable = (
+    ErrorRow(MalformedRequest, 400, 10, "The request is malformed", "invalid_request", Detail.OWN),
+    ErrorRow(
+        MissingCredentials, 401, 4,
+        "A valid Authorization header with a session-token is required",
+        "authentication_required",
+    ),
+    ErrorRow(
+        SessionNotFound, 401, 4, "The session is unknown, expired or ended",
+        "authentication_required",
+    ),
+    ErrorRow(
+        IdentityRejected, 401, 4, "Identity token refused", "authentication_required",
+        Detail.REASON,
+    ),
+    ErrorRow(
+        AuthenticationNotConfigured, 501, 4,
+        "Identity-token authentication is not configured on this gateway",
+        "authentication_not_configured",
+    ),
+    ErrorRow(NotAcceptable, 406, 107, f"Accept must be {MEDIA_TYPE}", "invalid_header", Detail.OWN),
+    ErrorRow(UnknownEndpoint, 404, 106, "There is no such endpoint", "invalid_endpoint"),
+    ErrorRow(MethodNotAllowed, 405, 109, "This method is not allowed here", "method_not_allowed"),
+    ErrorRow(
+        RequestTooLarge, 413, 10, "The request body is too large", "invalid_request", Detail.OWN
+    ),
+    ErrorRow(
+        RateLimited, 429, 7, "Too many requests for this session; retry later",
+        "rate_limit_exceeded",
+    ),
+    ErrorRow(
+        DatabaseUnavailable, 503, 1, "The service is temporarily unavailable",
+        "service_unavailable",
+    ),
+    ErrorRow(
+        Overloaded, 503, 1, "The service is temporarily unavailable", "service_unavailable"
+    ),
+    ErrorRow(DatabaseError, 500, 100, "A database error occurred", "internal_server_error"),
+    ErrorRow(GatewayError, 500, 100, "An unexpected error occurred", "internal_server_error"),
+)
+# The rows the OpenAPI document describes, the property errors among them.
+DOCUMENTED_ERRORS: ErrorTable = (MISSING_PROPERTY, INVALID_PROPERTY, *ERRORS)
+
+
+def _error(
+    row: ErrorRow, message: str, data: dict[str, Any] | None = None, nonce: str | None = None
+) -> web.Response:
+    body = {
+        "id": row.id,
+        "code": row.code,
+        "message": message,
+        "url": f"{DOCS_URL}#{row.id}",
+        "data": (data or {}) | ({"nonce": nonce} if nonce is not None else {}),
+    }
+    status = row.status
+    headers = _CHALLENGE if status == 401 else _RETRY_SOON if status in {429, 503} else None
+    return json_response(status, body, headers)
 
 
 def render_error(exc: GatewayError, nonce: str | None = None) -> web.Response:
     """The one place a domain error becomes a Layer error body; 401s carry ``nonce``."""
     match exc:
         case InvalidParameters(problems=[first, *_]):
-            if first.missing:
-                return _error(
-                    422, 104, "missing_property", f"{first.parameter} is required",
-                    {"property": first.parameter},
-                )
-            return _error(
-                422, 105, "invalid_property", f"{first.parameter} {first.message}",
-                {"property": first.parameter},
-            )
-        case MalformedRequest():
-            return _error(400, 10, "invalid_request", str(exc) or "The request is malformed")
-        case MissingCredentials():
-            return _error(
-                401, 4, "authentication_required",
-                "A valid Authorization header with a session-token is required", nonce=nonce,
-            )
-        case SessionNotFound():
-            return _error(
-                401, 4, "authentication_required", "The session is unknown, expired or ended",
-                nonce=nonce,
-            )
-        case IdentityRejected():
-            return _error(
-                401, 4, "authentication_required", f"Identity token refused: {exc}", nonce=nonce
-            )
-        case AuthenticationNotConfigured():
-            return _error(
-                501, 4, "authentication_not_configured",
-                "Identity-token authentication is not configured on this gateway",
-            )
-        case NotAcceptable():
-            return _error(
-                406, 107, "invalid_header",
-                str(exc) or f"Accept must be {MEDIA_TYPE}", {"header": "Accept"},
-            )
-        case UnknownEndpoint():
-            return _error(404, 106, "invalid_endpoint", "There is no such endpoint")
-        case MethodNotAllowed():
-            return _error(405, 109, "method_not_allowed", "This method is not allowed here")
-        case RequestTooLarge():
-            return _error(413, 10, "invalid_request", str(exc) or "The request body is too large")
-        case RateLimited():
-            return _error(
-                429, 7, "rate_limit_exceeded", "Too many requests for this session; retry later"
-            )
-        case DatabaseUnavailable() | Overloaded():
-            return _error(503, 1, "service_unavailable", "The service is temporarily unavailable")
-        case DatabaseError():
-            return _error(500, 100, "internal_server_error", "A database error occurred")
-        case _:
-            return _error(500, 100, "internal_server_error", "An unexpected error occurred")
+            row = MISSING_PROPERTY if first.missing else INVALID_PROPERTY
+            message = row.message.format(property=first.parameter, problem=first.message)
+            return _error(row, message, {"property": first.parameter})
+        case InvalidParameters():
+            # Never raised empty; told as the unexpected error it would be.
+            return _error(ERRORS[-1], ERRORS[-1].message)
+    row = row_for(ERRORS, exc)
+    data = {"header": "Accept"} if isinstance(exc, NotAcceptable) else None
+    return _error(row, row.message_for(exc), data, nonce if row.status == 401 else None)

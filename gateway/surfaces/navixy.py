@@ -48,7 +48,14 @@ from gateway.parsing import (
     one_of,
     read_body,
 )
-from gateway.wire import Handler, json_response, session_from_token
+from gateway.wire import (
+    ErrorRow,
+    ErrorTable,
+    Handler,
+    json_response,
+    row_for,
+    session_from_token,
+)
 
 PREFIXES = ("/v2", "")
 _AUTHORIZATION = re.compile(r"NVX ([^ ]*)")
@@ -250,38 +257,36 @@ def owns(path: str) -> bool:
     return path.startswith(("/v2/", "/user/")) or path == "/v2"
 
 
-_STATUS: list[tuple[type[GatewayError], int, int, str]] = [
-    (DatabaseError, 500, 1, "Database error"),
-    (MissingCredentials, 400, 3, "Wrong hash"),
-    (SessionNotFound, 400, 4, "User or API key not found or session ended"),
-    (MalformedRequest, 400, 5, "Wrong request format"),
-    (InvalidParameters, 400, 7, "Invalid parameters"),
-    (RequestTooLarge, 412, 9, "Too large request"),
-    (DatabaseUnavailable, 503, 14, "Database unavailable"),
+# Each domain error as Navixy tells it; the first row whose kind the error is wins.
+ERRORS: ErrorTable = (
+    ErrorRow(DatabaseError, 500, 1, "Database error"),
+    ErrorRow(MissingCredentials, 400, 3, "Wrong hash"),
+    ErrorRow(SessionNotFound, 400, 4, "User or API key not found or session ended"),
+    ErrorRow(MalformedRequest, 400, 5, "Wrong request format"),
+    ErrorRow(InvalidParameters, 400, 7, "Invalid parameters"),
+    ErrorRow(RequestTooLarge, 412, 9, "Too large request"),
+    ErrorRow(DatabaseUnavailable, 503, 14, "Database unavailable"),
     # Navixy has no code for a saturated service; the database's write queue
     # is what is full, so it is told as the database being unavailable.
-    (Overloaded, 503, 14, "Database unavailable"),
-    (RateLimited, 429, 15, "Too many requests (rate limit exceeded)"),
-    (UnknownEndpoint, 400, 111, "Wrong handler"),
-    (MethodNotAllowed, 400, 112, "Wrong method"),
-]
+    ErrorRow(Overloaded, 503, 14, "Database unavailable"),
+    ErrorRow(RateLimited, 429, 15, "Too many requests (rate limit exceeded)"),
+    ErrorRow(UnknownEndpoint, 400, 111, "Wrong handler"),
+    ErrorRow(MethodNotAllowed, 400, 112, "Wrong method"),
+    ErrorRow(GatewayError, 500, 6, "Unexpected error"),
+)
 
 
 def render_error(exc: GatewayError) -> web.Response:
     """The one place a domain error becomes a Navixy error envelope."""
-    status, code, description = 500, 6, "Unexpected error"
-    for kind, kind_status, kind_code, kind_description in _STATUS:
-        if isinstance(exc, kind):
-            status, code, description = kind_status, kind_code, kind_description
-            break
+    row = row_for(ERRORS, exc)
     body: dict[str, Any] = {
         "success": False,
-        "status": {"code": code, "description": description},
+        "status": {"code": row.code, "description": row.message},
     }
     if isinstance(exc, InvalidParameters):
         body["errors"] = [
             {"parameter": problem.parameter, "error": problem.message}
             for problem in exc.problems
         ]
-    headers = {"Retry-After": "1"} if status in {429, 503} else None
-    return json_response(status, body, headers)
+    headers = {"Retry-After": "1"} if row.status in {429, 503} else None
+    return json_response(row.status, body, headers)
