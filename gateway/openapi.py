@@ -17,7 +17,6 @@ from gateway.commands import Provider
 from gateway.config import DEFAULT_LAYER_VERSIONS
 from gateway.keys import SETTINGS
 from gateway.observability import REQUEST_ID_HEADER
-from gateway.parsing import SESSION_KEY
 from gateway.surfaces import internal, layer, navixy
 from gateway.wire import describe
 
@@ -195,11 +194,9 @@ def _json_schema(plugin: MarshmallowPlugin, schema: Schema | type[Schema]) -> di
 def _request_schema(
     plugin: MarshmallowPlugin, schema: Schema, refinements: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """A surface's schema as JSON Schema, without the session slot the surface fills in."""
+    """A surface's schema as JSON Schema, with what the schema cannot say added."""
     converted = _json_schema(plugin, schema)
     properties = converted["properties"]
-    properties.pop(SESSION_KEY, None)
-    converted["required"] = [name for name in converted.get("required", []) if name != SESSION_KEY]
     for name, extra in refinements.items():
         properties[name] = {**properties.get(name, {}), **extra}
     return converted
@@ -270,12 +267,12 @@ def _layer_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
             layer.REGISTER_SCHEMA,
             {
                 "token": {"type": "string", **_PUSH_TOKEN},
-                "type": {"type": "string", "enum": sorted(layer._TYPES)},
+                "type": {"type": "string", "enum": sorted(layer.TYPES)},
                 "device_id": {"type": "string", **_IDENTIFIER},
                 "apns_bundle_id": {**_IDENTIFIER, "description": "apns only"},
                 "gcm_sender_id": {**_IDENTIFIER, "description": "gcm only"},
                 "ios_version": {
-                    "pattern": f"^{layer._IOS_VERSION.pattern}$",
+                    "pattern": f"^{layer.IOS_VERSION.pattern}$",
                     "description": "apns only",
                 },
             },
@@ -472,7 +469,7 @@ def _navixy_paths(spec: APISpec, plugin: MarshmallowPlugin, categories: frozense
         navixy.BindSchema(categories),
         {
             "hash": {"type": "string", "pattern": _HEX_32},
-            "application": {"type": "string", "enum": list(navixy._APPLICATIONS)},
+            "application": {"type": "string", "enum": list(navixy.APPLICATIONS)},
             "token": {
                 "type": "string",
                 # Every form the three applications take; which applies

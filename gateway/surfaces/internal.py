@@ -41,7 +41,7 @@ from gateway.errors import (
     UnknownEndpoint,
 )
 from gateway.keys import EXECUTOR, SETTINGS
-from gateway.parsing import Text, json_object, load, one_of, read_body
+from gateway.parsing import Text, json_object, load, one_of, read_body, rule
 from gateway.wire import (
     Detail,
     ErrorRow,
@@ -183,7 +183,7 @@ class DeadTokenSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    provider = Text(one_of(DEAD_TOKEN_REASONS), required=True)
+    provider = Text(required=True, validate=one_of(DEAD_TOKEN_REASONS))
     token = Text(required=True)
     reason = Text(required=True)
     # RFC 3339 with an offset: a push service's answer is a moment, not a
@@ -241,7 +241,7 @@ class SessionSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    user = Text(validation.check_identifier, required=True)
+    user = Text(required=True, validate=rule(validation.check_identifier))
     ttl = WholeSeconds(
         strict=True,
         load_default=None,

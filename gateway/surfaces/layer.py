@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
+from marshmallow import EXCLUDE, Schema, ValidationError, post_load
 
 from gateway import validation
 from gateway.commands import (
@@ -39,7 +40,7 @@ from gateway.errors import (
     UnknownEndpoint,
 )
 from gateway.keys import EXECUTOR, SETTINGS
-from gateway.parsing import SESSION_KEY, Text, json_object, load, one_of, read_body
+from gateway.parsing import Text, json_object, load, one_of, read_body, rule
 from gateway.wire import (
     Detail,
     ErrorRow,
@@ -59,15 +60,18 @@ _AUTHORIZATION = re.compile(
     r"""\s*Layer\s+session-token\s*=\s*(?:"([^"]*)"|'([^']*)')\s*""", re.IGNORECASE
 )
 # [0-9], not \d: \d would let other scripts' digits through (as gateway.validation notes).
-_IOS_VERSION = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){0,2}")
-_TYPES = {"apns": Provider.APNS, "gcm": Provider.FCM}
+IOS_VERSION = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){0,2}")
+TYPES = {"apns": Provider.APNS, "gcm": Provider.FCM}
 _TYPE_NAMES = {Provider.APNS: "apns", Provider.FCM: "gcm", Provider.WEBPUSH: "webpush"}
 
 
 def _ios_version(value: str) -> str:
-    if not _IOS_VERSION.fullmatch(value):
+    if not IOS_VERSION.fullmatch(value):
         raise ValueError("must be a version number like 9.0")
     return value
+
+
+_IDENTIFIER = rule(validation.check_identifier)
 
 
 class RegisterSchema(Schema):
@@ -77,16 +81,16 @@ class RegisterSchema(Schema):
         unknown = EXCLUDE
 
     token = Text(required=True)
-    type = Text(one_of(_TYPES), required=True)
-    device_id = Text(validation.check_identifier, required=True)
-    apns_bundle_id = Text(validation.check_identifier, load_default=None)
-    gcm_sender_id = Text(validation.check_identifier, load_default=None)
-    ios_version = Text(_ios_version, load_default=None)
-    session = fields.Raw(required=True, data_key=SESSION_KEY)
+    type = Text(required=True, validate=one_of(TYPES))
+    device_id = Text(required=True, validate=_IDENTIFIER)
+    apns_bundle_id = Text(load_default=None, validate=_IDENTIFIER)
+    gcm_sender_id = Text(load_default=None, validate=_IDENTIFIER)
+    ios_version = Text(load_default=None, validate=rule(_ios_version))
 
     @post_load
-    def make_command(self, data: dict[str, Any], **_: Any) -> RegisterToken:
-        provider = _TYPES[data["type"]]
+    def make_command(self, data: dict[str, Any], **_: Any) -> Callable[[SessionRef], RegisterToken]:
+        """The registration, waiting for the session the surface read beside the body."""
+        provider = TYPES[data["type"]]
         try:
             token = validation.normalize_token(provider, data["token"])
         except ValueError as exc:
@@ -97,8 +101,8 @@ class RegisterSchema(Schema):
                     raise ValidationError({apns_only: ["applies to apns tokens only"]})
         elif data["gcm_sender_id"] is not None:
             raise ValidationError({"gcm_sender_id": ["applies to gcm tokens only"]})
-        return RegisterToken(
-            session=data["session"],
+        return functools.partial(
+            RegisterToken,
             device_id=data["device_id"],
             provider=provider,
             token=token,
@@ -126,13 +130,13 @@ class LogInSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    identity_token = Text(_identity_token, required=True)
-    app_id = Text(validation.check_identifier, required=True)
-    ttl = fields.Integer(required=True, data_key=SESSION_KEY)
+    identity_token = Text(required=True, validate=rule(_identity_token))
+    app_id = Text(required=True, validate=_IDENTIFIER)
 
     @post_load
-    def make_command(self, data: dict[str, Any], **_: Any) -> LogIn:
-        return LogIn(data["identity_token"], data["app_id"], data["ttl"])
+    def make_command(self, data: dict[str, Any], **_: Any) -> Callable[[int], LogIn]:
+        """The log-in, waiting for the session lifetime the gateway grants."""
+        return functools.partial(LogIn, data["identity_token"], data["app_id"])
 
 
 LOG_IN_SCHEMA = LogInSchema()
@@ -190,9 +194,8 @@ def _session(request: web.Request) -> SessionRef:
 @_route
 async def register_push_token(request: web.Request) -> web.Response:
     session = _session(request)
-    body = json_object(await read_body(request))
-    body[SESSION_KEY] = session
-    await request.app[EXECUTOR].execute(load(REGISTER_SCHEMA, body))
+    registration = load(REGISTER_SCHEMA, json_object(await read_body(request)))
+    await request.app[EXECUTOR].execute(registration(session))
     return web.Response(status=202)
 
 
@@ -250,9 +253,8 @@ async def issue_nonce(request: web.Request) -> web.Response:
 
 @_route
 async def log_in(request: web.Request) -> web.Response:
-    body = json_object(await read_body(request))
-    body[SESSION_KEY] = request.app[SETTINGS].session_ttl
-    opened = await request.app[EXECUTOR].execute(load(LOG_IN_SCHEMA, body))
+    log_in = load(LOG_IN_SCHEMA, json_object(await read_body(request)))
+    opened = await request.app[EXECUTOR].execute(log_in(request.app[SETTINGS].session_ttl))
     return json_response(201, {"session_token": opened.token})
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
+from marshmallow import EXCLUDE, Schema, ValidationError, post_load
 
 from gateway import validation
 from gateway.commands import (
@@ -39,8 +40,8 @@ from gateway.errors import (
 from gateway.keys import EXECUTOR, SETTINGS
 from gateway.parsing import (
     REPEATED,
-    SESSION_KEY,
     JsonObject,
+    Normalized,
     Text,
     decode_pairs,
     json_object,
@@ -49,6 +50,7 @@ from gateway.parsing import (
     read_body,
 )
 from gateway.wire import (
+    SESSION_TOKEN,
     ErrorRow,
     ErrorTable,
     Handler,
@@ -59,7 +61,7 @@ from gateway.wire import (
 
 PREFIXES = ("/v2", "")
 _AUTHORIZATION = re.compile(r"NVX ([^ ]*)")
-_APPLICATIONS = {
+APPLICATIONS = {
     "navixy_iphone_viewer": Provider.APNS,
     "navixy_android_viewer": Provider.FCM,
     "w3c_pushapi": Provider.WEBPUSH,
@@ -71,8 +73,8 @@ class WebPushKeysSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    p256dh = Text(validation.check_webpush_p256dh, required=True)
-    auth = Text(validation.check_webpush_auth, required=True)
+    p256dh = Normalized(validation.check_webpush_p256dh, required=True)
+    auth = Normalized(validation.check_webpush_auth, required=True)
 
     @post_load
     def make_keys(self, data: dict[str, str], **_: Any) -> WebPushKeys:
@@ -85,11 +87,19 @@ class BindSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    application = Text(one_of(_APPLICATIONS), required=True)
+    # Read by the surface before the schema (a bad or missing hash is code 3,
+    # whatever else is wrong), declared here because it is on the wire.
+    hash = Text(
+        load_default=None,
+        metadata={
+            "pattern": f"^{SESSION_TOKEN.pattern}$",
+            "description": "the session; also `Authorization: NVX <hash>`",
+        },
+    )
+    application = Text(required=True, validate=one_of(APPLICATIONS))
     token = Text(required=True)
     parameters = JsonObject(WebPushKeysSchema, load_default=None)
     category_filter = Text(load_default="*")
-    session = fields.Raw(required=True, data_key=SESSION_KEY)
 
     def __init__(
         self, categories: frozenset[str], webpush_hosts: tuple[str, ...] | None = None
@@ -99,8 +109,11 @@ class BindSchema(Schema):
         self.webpush_hosts = webpush_hosts
 
     @post_load
-    def make_command(self, data: dict[str, Any], **_: Any) -> RegisterToken:
-        provider = _APPLICATIONS[data["application"]]
+    def make_command(
+        self, data: dict[str, Any], **_: Any
+    ) -> Callable[[SessionRef], RegisterToken]:
+        """The binding, waiting for the session the surface read from the hash."""
+        provider = APPLICATIONS[data["application"]]
         errors: dict[str, list[str]] = {}
         try:
             token = validation.normalize_token(provider, data["token"], self.webpush_hosts)
@@ -118,8 +131,8 @@ class BindSchema(Schema):
             errors["category_filter"] = [str(exc)]
         if errors:
             raise ValidationError(errors)
-        return RegisterToken(
-            session=data["session"],
+        return functools.partial(
+            RegisterToken,
             device_id=None,
             provider=provider,
             token=token,
@@ -199,9 +212,9 @@ def _success() -> web.Response:
 
 async def bind_push_token(request: web.Request) -> web.Response:
     parameters = await _parameters(request)
-    parameters[SESSION_KEY] = _session(request, parameters)
-    command = load(request.app[BIND_SCHEMA], parameters)
-    await request.app[EXECUTOR].execute(command)
+    session = _session(request, parameters)
+    binding = load(request.app[BIND_SCHEMA], parameters)
+    await request.app[EXECUTOR].execute(binding(session))
     return _success()
 
 
