@@ -132,16 +132,6 @@ class UserIds(fields.Field):  # type: ignore[type-arg]
         return value
 
 
-class WholeSeconds(fields.Integer):
-    """A strict integer; JSON true is not 1 second."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
-        if isinstance(value, bool):
-            raise self.make_error("invalid")
-        result: int = super()._deserialize(value, attr, data, **kwargs)
-        return result
-
-
 class RecentMoment(fields.AwareDateTime):
     """An RFC 3339 date-time with an offset, within validation.check_recent_moment's range."""
 
@@ -242,7 +232,8 @@ class SessionSchema(Schema):
         unknown = RAISE
 
     user = Text(required=True, validate=rule(validation.check_identifier))
-    ttl = WholeSeconds(
+    # marshmallow 4's Integer refuses JSON true (it is not 1 second) on its own.
+    ttl = fields.Integer(
         strict=True,
         load_default=None,
         validate=Range(1, MAX_SESSION_TTL, error="must be between {min} and {max} seconds"),
