@@ -13,7 +13,6 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
 from gateway import validation
-from gateway.commands import Provider
 from gateway.config import DEFAULT_LAYER_VERSIONS
 from gateway.keys import SETTINGS
 from gateway.observability import REQUEST_ID_HEADER
@@ -267,7 +266,6 @@ def _layer_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
             layer.REGISTER_SCHEMA,
             {
                 "token": {"type": "string", **_PUSH_TOKEN},
-                "type": {"type": "string", "enum": sorted(layer.TYPES)},
                 "device_id": {"type": "string", **_IDENTIFIER},
                 "apns_bundle_id": {**_IDENTIFIER, "description": "apns only"},
                 "gcm_sender_id": {**_IDENTIFIER, "description": "gcm only"},
@@ -468,8 +466,6 @@ def _navixy_paths(spec: APISpec, plugin: MarshmallowPlugin, categories: frozense
         plugin,
         navixy.BindSchema(categories),
         {
-            "hash": {"type": "string", "pattern": _HEX_32},
-            "application": {"type": "string", "enum": list(navixy.APPLICATIONS)},
             "token": {
                 "type": "string",
                 # Every form the three applications take; which applies
@@ -600,7 +596,6 @@ def _internal_paths(spec: APISpec, plugin: MarshmallowPlugin, settings_ttl: int,
     feedback = spec.components.schemas["InternalFeedback"]
     feedback["properties"]["feedback"]["maxItems"] = internal.MAX_FEEDBACK
     dead = spec.components.schemas["DeadToken"]
-    dead["properties"]["provider"]["enum"] = [provider.value for provider in Provider]
     dead["properties"]["reason"]["description"] = "; ".join(
         f"{provider.value}: {', '.join(sorted(reasons))}"
         for provider, reasons in internal.DEAD_TOKEN_REASONS.items()

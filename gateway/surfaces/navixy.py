@@ -90,7 +90,6 @@ class BindSchema(Schema):
     # Read by the surface before the schema (a bad or missing hash is code 3,
     # whatever else is wrong), declared here because it is on the wire.
     hash = Text(
-        load_default=None,
         metadata={
             "pattern": f"^{SESSION_TOKEN.pattern}$",
             "description": "the session; also `Authorization: NVX <hash>`",
