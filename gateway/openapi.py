@@ -17,7 +17,7 @@ from gateway.config import DEFAULT_LAYER_VERSIONS
 from gateway.keys import SETTINGS
 from gateway.observability import REQUEST_ID_HEADER
 from gateway.surfaces import internal, layer, navixy
-from gateway.wire import describe
+from gateway.wire import SESSION_TOKEN, describe
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -27,13 +27,8 @@ FORM = "application/x-www-form-urlencoded"
 # Patterns are ECMA-262, as JSON Schema reads them; they restate
 # gateway.validation's rules for the document's readers and generators, and
 # the code stays the authority.
-_HEX_32 = "^[0-9a-fA-F]{32}$"
-_NO_CONTROL = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
-_IDENTIFIER: dict[str, Any] = {
-    "minLength": 1,
-    "maxLength": validation.MAX_ID_LENGTH,
-    "pattern": _NO_CONTROL,
-}
+_HEX_32 = f"^{SESSION_TOKEN.pattern}$"
+_IDENTIFIER = validation.IDENTIFIER_JSON_SCHEMA
 _PUSH_TOKEN: dict[str, Any] = {
     # Both the APNs and the FCM form; which applies depends on the type.
     "pattern": "^[A-Za-z0-9_:-]+$",
@@ -266,9 +261,6 @@ def _layer_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
             layer.REGISTER_SCHEMA,
             {
                 "token": {"type": "string", **_PUSH_TOKEN},
-                "device_id": {"type": "string", **_IDENTIFIER},
-                "apns_bundle_id": {**_IDENTIFIER, "description": "apns only"},
-                "gcm_sender_id": {**_IDENTIFIER, "description": "gcm only"},
                 "ios_version": {
                     "pattern": f"^{layer.IOS_VERSION.pattern}$",
                     "description": "apns only",
@@ -606,7 +598,6 @@ def _internal_paths(spec: APISpec, plugin: MarshmallowPlugin, settings_ttl: int,
             plugin,
             internal.SessionSchema(settings_ttl),
             {
-                "user": {"type": "string", **_IDENTIFIER},
                 "ttl": {
                     "type": ["integer", "null"],
                     "minimum": 1,

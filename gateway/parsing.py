@@ -13,6 +13,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from marshmallow import Schema, ValidationError, fields
 from marshmallow.validate import OneOf
 
+from gateway import validation
 from gateway.errors import InvalidParameters, MalformedRequest, Problem, RequestTooLarge
 
 REQUIRED = "is required"
@@ -49,6 +50,15 @@ class Text(fields.String):
     """marshmallow's String, with the gateway's wording of its refusals."""
 
     default_error_messages = _MESSAGES
+
+
+def identifier(*, metadata: dict[str, Any] | None = None, **kwargs: Any) -> Text:
+    """A field holding an opaque id: validation.check_identifier's rule, stated for OpenAPI too."""
+    return Text(
+        validate=rule(validation.check_identifier),
+        metadata={**validation.IDENTIFIER_JSON_SCHEMA, **(metadata or {})},
+        **kwargs,
+    )
 
 
 class Normalized(Text):

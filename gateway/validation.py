@@ -18,6 +18,7 @@ from gateway.commands import Provider
 
 __all__ = [
     "DEFAULT_CATEGORIES",
+    "IDENTIFIER_JSON_SCHEMA",
     "MAX_ID_LENGTH",
     "MAX_SESSION_TTL",
     "category_filter_admits",
@@ -81,6 +82,15 @@ def _quote(item: str) -> str:
 # Unicode's Cc category is exactly these 65 code points (C0, DEL and C1); one
 # regex search is ~10 times cheaper than asking unicodedata character by character.
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+# check_identifier's rule as JSON Schema states it (ECMA-262 escapes), for
+# the API document: the field that checks an identifier carries it.
+IDENTIFIER_JSON_SCHEMA: dict[str, int | str] = {
+    "minLength": 1,
+    "maxLength": MAX_ID_LENGTH,
+    "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+}
 
 
 def has_control(value: str) -> bool:

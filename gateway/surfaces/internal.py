@@ -41,7 +41,7 @@ from gateway.errors import (
     UnknownEndpoint,
 )
 from gateway.keys import EXECUTOR, SETTINGS
-from gateway.parsing import Text, json_object, load, one_of, read_body, rule
+from gateway.parsing import Text, identifier, json_object, load, one_of, read_body
 from gateway.wire import (
     Detail,
     ErrorRow,
@@ -231,7 +231,7 @@ class SessionSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    user = Text(required=True, validate=rule(validation.check_identifier))
+    user = identifier(required=True)
     # marshmallow 4's Integer refuses JSON true (it is not 1 second) on its own.
     ttl = fields.Integer(
         strict=True,

@@ -40,7 +40,7 @@ from gateway.errors import (
     UnknownEndpoint,
 )
 from gateway.keys import EXECUTOR, SETTINGS
-from gateway.parsing import Text, json_object, load, one_of, read_body, rule
+from gateway.parsing import Text, identifier, json_object, load, one_of, read_body, rule
 from gateway.wire import (
     Detail,
     ErrorRow,
@@ -71,9 +71,6 @@ def _ios_version(value: str) -> str:
     return value
 
 
-_IDENTIFIER = rule(validation.check_identifier)
-
-
 class RegisterSchema(Schema):
     """The body of POST /push_tokens."""
 
@@ -82,9 +79,9 @@ class RegisterSchema(Schema):
 
     token = Text(required=True)
     type = Text(required=True, validate=one_of(TYPES))
-    device_id = Text(required=True, validate=_IDENTIFIER)
-    apns_bundle_id = Text(load_default=None, validate=_IDENTIFIER)
-    gcm_sender_id = Text(load_default=None, validate=_IDENTIFIER)
+    device_id = identifier(required=True)
+    apns_bundle_id = identifier(load_default=None, metadata={"description": "apns only"})
+    gcm_sender_id = identifier(load_default=None, metadata={"description": "gcm only"})
     ios_version = Text(load_default=None, validate=rule(_ios_version))
 
     @post_load
@@ -131,7 +128,7 @@ class LogInSchema(Schema):
         unknown = EXCLUDE
 
     identity_token = Text(required=True, validate=rule(_identity_token))
-    app_id = Text(required=True, validate=_IDENTIFIER)
+    app_id = identifier(required=True)
 
     @post_load
     def make_command(self, data: dict[str, Any], **_: Any) -> Callable[[int], LogIn]:
