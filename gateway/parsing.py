@@ -238,3 +238,8 @@ def json_object(raw: bytes) -> dict[str, Any]:
     if repeated is not None:
         raise InvalidParameters([Problem(repeated, REPEATED)])
     return body
+
+
+async def read_json_object(request: web.Request, limit: int | None = None) -> dict[str, Any]:
+    """The request body as one JSON object whose objects name each key once (see read_body)."""
+    return json_object(await read_body(request, limit))

@@ -41,7 +41,7 @@ from gateway.errors import (
     UnknownEndpoint,
 )
 from gateway.keys import EXECUTOR, SETTINGS
-from gateway.parsing import Text, identifier, json_object, load, one_of, read_body
+from gateway.parsing import Text, identifier, load, one_of, read_json_object
 from gateway.wire import (
     Detail,
     ErrorRow,
@@ -257,10 +257,6 @@ FEEDBACK_SCHEMA = FeedbackSchema()
 ADMIN_KEY_DIGEST = web.AppKey("internal_admin_key_digest", bytes)
 
 
-async def _json_object(request: web.Request, limit: int) -> dict[str, Any]:
-    return json_object(await read_body(request, limit))
-
-
 # ------------------------------------------------------------------ the key
 
 
@@ -324,7 +320,8 @@ def _cut(request: web.Request) -> None:
 
 async def find_targets(request: web.Request) -> web.StreamResponse:
     """Stream the fan-out's targets as NDJSON, one registration a line."""
-    query = load(request.app[TARGETS_SCHEMA], await _json_object(request, MAX_TARGETS_BODY_BYTES))
+    body = await read_json_object(request, MAX_TARGETS_BODY_BYTES)
+    query = load(request.app[TARGETS_SCHEMA], body)
     response = web.StreamResponse()
     response.content_type = NDJSON
     settings = request.app[SETTINGS]
@@ -385,13 +382,14 @@ async def find_targets(request: web.Request) -> web.StreamResponse:
 
 
 async def prune_dead_tokens(request: web.Request) -> web.Response:
-    command = load(FEEDBACK_SCHEMA, await _json_object(request, MAX_FEEDBACK_BODY_BYTES))
+    command = load(FEEDBACK_SCHEMA, await read_json_object(request, MAX_FEEDBACK_BODY_BYTES))
     removed = await request.app[EXECUTOR].execute(command)
     return json_response(200, {"removed": removed})
 
 
 async def open_session(request: web.Request) -> web.Response:
-    command = load(request.app[SESSION_SCHEMA], await _json_object(request, MAX_SESSION_BODY_BYTES))
+    body = await read_json_object(request, MAX_SESSION_BODY_BYTES)
+    command = load(request.app[SESSION_SCHEMA], body)
     opened = await request.app[EXECUTOR].execute(command)
     return json_response(201, {"token": opened.token, "expires_at": opened.expires_at})
 

@@ -40,7 +40,7 @@ from gateway.errors import (
     UnknownEndpoint,
 )
 from gateway.keys import EXECUTOR, SETTINGS
-from gateway.parsing import Text, identifier, json_object, load, one_of, read_body, rule
+from gateway.parsing import Text, identifier, load, one_of, read_json_object, rule
 from gateway.wire import (
     Detail,
     ErrorRow,
@@ -191,7 +191,7 @@ def _session(request: web.Request) -> SessionRef:
 @_route
 async def register_push_token(request: web.Request) -> web.Response:
     session = _session(request)
-    registration = load(REGISTER_SCHEMA, json_object(await read_body(request)))
+    registration = load(REGISTER_SCHEMA, await read_json_object(request))
     await request.app[EXECUTOR].execute(registration(session))
     return web.Response(status=202)
 
@@ -250,7 +250,7 @@ async def issue_nonce(request: web.Request) -> web.Response:
 
 @_route
 async def log_in(request: web.Request) -> web.Response:
-    log_in = load(LOG_IN_SCHEMA, json_object(await read_body(request)))
+    log_in = load(LOG_IN_SCHEMA, await read_json_object(request))
     opened = await request.app[EXECUTOR].execute(log_in(request.app[SETTINGS].session_ttl))
     return json_response(201, {"session_token": opened.token})
 

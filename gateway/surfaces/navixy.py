@@ -44,10 +44,10 @@ from gateway.parsing import (
     Normalized,
     Text,
     decode_pairs,
-    json_object,
     load,
     one_of,
     read_body,
+    read_json_object,
 )
 from gateway.wire import (
     SESSION_TOKEN,
@@ -162,7 +162,7 @@ async def _parameters(request: web.Request) -> dict[str, Any]:
     if request.method != "POST" or not request.body_exists:
         return parameters
     if request.content_type == "application/json":
-        body = json_object(await read_body(request))
+        body = await read_json_object(request)
     elif request.content_type == "application/x-www-form-urlencoded":
         body = _single_values(decode_pairs(await read_body(request), request.charset))
     elif request.content_type == "multipart/form-data":
