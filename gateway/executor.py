@@ -12,13 +12,16 @@ from gateway.commands import (
     EndSession,
     FindTargets,
     IssueNonce,
+    ListDeliveries,
     ListRegistrations,
     LogIn,
     OpenSession,
     PruneTokens,
     RegisterToken,
     RevokeSession,
+    SendNotification,
     SessionCommand,
+    ShowNotification,
     UnregisterToken,
     WriteCommand,
 )
@@ -167,6 +170,13 @@ class Executor:
             case RevokeSession():
                 await self._internal.end_session(command.session)
                 return None
+            # Delivery's queue is written on the public pool, as its workers read it.
+            case SendNotification():
+                return await self.store.enqueue_notification(command)
+            case ShowNotification():
+                return await self.store.show_notification(command)
+            case ListDeliveries():
+                return await self.store.list_deliveries(command)
             case _:
                 assert_never(command)
 

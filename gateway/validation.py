@@ -419,3 +419,8 @@ def check_recent_moment(value: datetime) -> datetime:
     if not EARLIEST_MOMENT <= moment <= datetime.now(UTC) + CLOCK_SKEW:
         raise ValueError(message)
     return moment
+# ------------------------------------------------------------------ delivery
+
+
+def replace_control_characters(value: str, replacement: str = "?") -> str:
+    return _CONTROL_RE.sub(replacement, value)

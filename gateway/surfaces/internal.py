@@ -32,9 +32,11 @@ from gateway.errors import (
     DatabaseError,
     DatabaseUnavailable,
     GatewayError,
+    IdempotencyKeyReused,
     InvalidParameters,
     MalformedRequest,
     MethodNotAllowed,
+    NotificationNotFound,
     Problem,
     RequestTooLarge,
     SessionNotFound,
@@ -281,7 +283,7 @@ def _authorize(request: web.Request) -> None:
         raise AdminKeyRejected()
 
 
-def _admin_only(handler: Handler) -> Handler:
+def admin_only(handler: Handler) -> Handler:
     """Every route of this surface checks the key before it reads anything else."""
 
     @functools.wraps(handler)
@@ -427,8 +429,8 @@ def setup_routes(app: web.Application) -> None:
     if settings.admin_token is not None:
         app[ADMIN_KEY_DIGEST] = key_digest(settings.admin_token)
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, _admin_only(handler))
-    app.router.add_route("*", PREFIX + "{tail:(/.*)?}", _admin_only(unknown_endpoint))
+        app.router.add_route(method, path, admin_only(handler))
+    app.router.add_route("*", PREFIX + "{tail:(/.*)?}", admin_only(unknown_endpoint))
 
 
 def owns(path: str) -> bool:
@@ -450,6 +452,11 @@ ERRORS: ErrorTable = (
         detail=Detail.OWN,
     ),
     ErrorRow(SessionNotFound, 404, "session_not_found", "No live session has this token"),
+    ErrorRow(NotificationNotFound, 404, "notification_not_found", "No notification has this id"),
+    ErrorRow(
+        IdempotencyKeyReused, 409, "idempotency_key_reused",
+        "This Idempotency-Key came with a different request",
+    ),
     ErrorRow(UnknownEndpoint, 404, "unknown_endpoint", "There is no such endpoint"),
     ErrorRow(MethodNotAllowed, 405, "method_not_allowed", "This method is not allowed here"),
     ErrorRow(
