@@ -5,16 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, assert_never
 
 from gateway.commands import (
+    Command,
     EndSession,
+    FindTargets,
     IssueNonce,
     ListDeliveries,
     ListRegistrations,
     LogIn,
+    OpenSession,
+    PruneTokens,
     RegisterToken,
+    RevokeSession,
     SendNotification,
+    SessionCommand,
     ShowNotification,
     UnregisterToken,
     WriteCommand,
@@ -32,12 +38,6 @@ from gateway.ratelimit import RateLimiter
 from gateway.store import OpenedSession, Store
 
 log = logging.getLogger(__name__)
-
-Command = RegisterToken | UnregisterToken | EndSession | ListRegistrations
-# Commands made before there is a session: no session's rate limit applies.
-Handshake = IssueNonce | LogIn
-# The senders' delivery commands: behind the admin key, with no session to rate-limit.
-DeliveryCommand = SendNotification | ShowNotification | ListDeliveries
 
 
 class GroupCommitter:
@@ -120,7 +120,12 @@ class GroupCommitter:
 
 
 class Executor:
-    """The one place a command is run, whichever surface it came from."""
+    """The one place a command is run, whichever surface it came from.
+
+    The senders' commands run on ``internal``, the internal API's store on a
+    pool of its own, so that its fan-outs never take the public dialects'
+    connections; without one they run on ``store``.
+    """
 
     def __init__(
         self,
@@ -128,26 +133,23 @@ class Executor:
         writer: GroupCommitter,
         limiter: RateLimiter,
         identities: IdentityVerifier | None = None,
+        internal: Store | None = None,
     ) -> None:
         self.store = store
         self._writer = writer
         self._limiter = limiter
         self._identities = identities
+        self._internal = store if internal is None else internal
 
     @property
     def writer(self) -> GroupCommitter:
         """The group-commit writer, for gateway.observability to watch."""
         return self._writer
 
-    async def execute(self, command: Command | Handshake) -> Any:
-        match command:
-            case IssueNonce():
-                if self._identities is None:
-                    raise AuthenticationNotConfigured()
-                return await self.store.issue_nonce()
-            case LogIn():
-                return await self._log_in(command)
-        if not self._limiter.allow(command.session.token_sha256):
+    async def execute(self, command: Command) -> Any:
+        if isinstance(command, SessionCommand) and not self._limiter.allow(
+            command.session.token_sha256
+        ):
             raise RateLimited()
         match command:
             case RegisterToken() | UnregisterToken():
@@ -158,6 +160,31 @@ class Executor:
                 return None
             case ListRegistrations():
                 return await self.store.list_registrations(command)
+            case IssueNonce():
+                if self._identities is None:
+                    raise AuthenticationNotConfigured()
+                return await self.store.issue_nonce()
+            case LogIn():
+                return await self._log_in(command)
+            case FindTargets():
+                # An async generator of batches of rows; the caller closes it.
+                return self._internal.find_targets(command)
+            case PruneTokens():
+                return await self._internal.prune_tokens(command) if command.tokens else 0
+            case OpenSession():
+                return await self._internal.open_session(command)
+            case RevokeSession():
+                await self._internal.end_session(command.session)
+                return None
+            # Delivery's queue is written on the public pool, as its workers read it.
+            case SendNotification():
+                return await self.store.enqueue_notification(command)
+            case ShowNotification():
+                return await self.store.show_notification(command)
+            case ListDeliveries():
+                return await self.store.list_deliveries(command)
+            case _:
+                assert_never(command)
 
     async def _log_in(self, command: LogIn) -> OpenedSession:
         if self._identities is None:
@@ -169,11 +196,3 @@ class Executor:
         if opened is None:
             raise IdentityRejected("the nonce (nce) is unknown, expired or already used")
         return opened
-    async def execute_delivery(self, command: DeliveryCommand) -> Any:
-        match command:
-            case SendNotification():
-                return await self.store.enqueue_notification(command)
-            case ShowNotification():
-                return await self.store.show_notification(command)
-            case ListDeliveries():
-                return await self.store.list_deliveries(command)

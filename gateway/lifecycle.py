@@ -85,7 +85,9 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         on_batch=app[METRICS].batch_size.observe,
     )
     writer.start()
-    app[EXECUTOR] = Executor(store, writer, app[RATE_LIMITER], identity_verifier(settings))
+    app[EXECUTOR] = Executor(
+        store, writer, app[RATE_LIMITER], identity_verifier(settings), internal=internal_store
+    )
     purger = asyncio.create_task(_purge_expired_sessions(store), name="purge-sessions")
     try:
         yield

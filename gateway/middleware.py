@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -19,10 +18,9 @@ from gateway.errors import (
 )
 from gateway.observability import metrics
 from gateway.observability.logs import OBSERVATION, Observation, route_of
+from gateway.wire import Handler
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _HTTP_ERRORS: dict[int, type[GatewayError]] = {
     404: UnknownEndpoint,
