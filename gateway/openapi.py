@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -18,7 +19,7 @@ from gateway.config import DEFAULT_LAYER_VERSIONS
 from gateway.keys import SETTINGS
 from gateway.observability import REQUEST_ID_HEADER
 from gateway.surfaces import internal, layer, navixy, notifications
-from gateway.wire import SESSION_TOKEN, describe
+from gateway.wire import SESSION_TOKEN, Operation, describe
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -312,6 +313,49 @@ def _layer_accept() -> dict[str, Any]:
     }
 
 
+def _operation(
+    operation: Operation,
+    *,
+    tags: list[str],
+    security: list[dict[str, list[str]]],
+    parameters: list[dict[str, Any]],
+    errors: Callable[..., dict[str, Any]],
+) -> dict[str, Any]:
+    """One declared operation as the document's Operation Object."""
+    schema = operation.answer_schema
+    success: dict[str, Any] = {"description": operation.answer, "headers": _headers()}
+    if schema is not None:
+        success["content"] = {JSON: {"schema": _ref(schema) if isinstance(schema, str) else schema}}
+    document: dict[str, Any] = {
+        "tags": tags,
+        "operationId": operation.operation_id,
+        "summary": operation.summary,
+    }
+    if operation.description is not None:
+        document["description"] = operation.description
+    if operation.authenticated:
+        document["security"] = security
+    path_parameters = [
+        {"name": name, "in": "path", "required": True, "schema": schema}
+        for name, schema in operation.path_parameters
+    ]
+    if parameters or path_parameters:
+        document["parameters"] = [*parameters, *path_parameters]
+    if operation.body is not None:
+        document["requestBody"] = _json_body(operation.body)
+    document["responses"] = {str(operation.status): success, **errors(*operation.errors)}
+    return document
+
+
+def _declared_paths(spec: APISpec, operations: tuple[Operation, ...], **shared: Any) -> None:
+    """A surface's declared operations, grouped by path in their order."""
+    by_path: dict[str, dict[str, Any]] = {}
+    for operation in operations:
+        by_path.setdefault(operation.path, {})[operation.method] = _operation(operation, **shared)
+    for path, methods in by_path.items():
+        spec.path(path, operations=methods)
+
+
 def _layer_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
     spec.components.schema(
         "LayerRegister",
@@ -330,157 +374,14 @@ def _layer_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
     )
     spec.components.schema("LayerError", schema=LayerErrorSchema)
     spec.components.schema("LayerRegistration", schema=LayerRegistrationSchema)
-    security: list[dict[str, list[str]]] = [{"LayerSession": []}]
-    tags = ["Layer"]
-    spec.path(
-        "/push_tokens",
-        operations={
-            "post": {
-                "tags": tags,
-                "operationId": "layer_register_push_token",
-                "summary": "Register a push token for one of the user's devices",
-                "description": "Registering again for the same device_id replaces its token.",
-                "security": security,
-                "parameters": [_layer_accept()],
-                "requestBody": _json_body("LayerRegister"),
-                "responses": {
-                    "202": _answer("Registered; the write has committed"),
-                    **_layer_errors(400, 401, 406, 413, 422, 429, 500, 503),
-                },
-            },
-            "get": {
-                "tags": tags,
-                "operationId": "layer_list_push_tokens",
-                "summary": "Every live registration of the session's user, newest first",
-                "security": security,
-                "parameters": [_layer_accept()],
-                "responses": {
-                    "200": {
-                        "description": "The registrations, both dialects'",
-                        "headers": _headers(),
-                        "content": {
-                            JSON: {"schema": {"type": "array", "items": _ref("LayerRegistration")}}
-                        },
-                    },
-                    **_layer_errors(401, 406, 429, 500, 503),
-                },
-            },
-        },
-    )
-    spec.path(
-        "/push_tokens/{device_id}",
-        operations={
-            "delete": {
-                "tags": tags,
-                "operationId": "layer_unregister_push_token",
-                "summary": "Unregister the token of one of the user's devices",
-                "security": security,
-                "parameters": [
-                    _layer_accept(),
-                    {
-                        "name": "device_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", **_IDENTIFIER},
-                    },
-                ],
-                "responses": {
-                    "202": _answer("Unregistered, or there was nothing to unregister"),
-                    **_layer_errors(401, 406, 422, 429, 500, 503),
-                },
-            }
-        },
-    )
     spec.components.schema("LayerLogIn", schema=LayerLogInSchema)
-    spec.path(
-        "/nonces",
-        operations={
-            "post": {
-                "tags": tags,
-                "operationId": "layer_issue_nonce",
-                "summary": "Start Layer's authentication handshake: a single-use nonce",
-                "description": (
-                    "The app's backend signs an identity token over the nonce (valid 10"
-                    " minutes); POST /sessions turns it into a session. No session needed."
-                ),
-                "parameters": [_layer_accept()],
-                "responses": {
-                    "201": {
-                        "description": "A new nonce",
-                        "headers": _headers(),
-                        "content": {
-                            JSON: {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["nonce"],
-                                    "properties": {"nonce": {"type": "string"}},
-                                }
-                            }
-                        },
-                    },
-                    **_layer_errors(406, 500, 501, 503),
-                },
-            }
-        },
-    )
-    spec.path(
-        "/sessions",
-        operations={
-            "post": {
-                "tags": tags,
-                "operationId": "layer_log_in",
-                "summary": "Trade an identity token for a session",
-                "description": (
-                    "The identity token is a JWS (RS256, cty layer-eit;v=1, a configured kid)"
-                    " with claims iss, prn, iat, exp and nce, a nonce from POST /nonces,"
-                    " which it uses up."
-                ),
-                "parameters": [_layer_accept()],
-                "requestBody": _json_body("LayerLogIn"),
-                "responses": {
-                    "201": {
-                        "description": "A session, as `gateway session create` makes",
-                        "headers": _headers(),
-                        "content": {
-                            JSON: {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["session_token"],
-                                    "properties": {
-                                        "session_token": {"type": "string", "pattern": _HEX_32}
-                                    },
-                                }
-                            }
-                        },
-                    },
-                    **_layer_errors(400, 401, 406, 413, 422, 500, 501, 503),
-                },
-            }
-        },
-    )
-    spec.path(
-        "/sessions/{session_token}",
-        operations={
-            "delete": {
-                "tags": tags,
-                "operationId": "layer_end_session",
-                "summary": "End a session and its registrations",
-                "description": "The token in the path is the credential; no Authorization needed.",
-                "parameters": [
-                    _layer_accept(),
-                    {
-                        "name": "session_token",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "pattern": _HEX_32},
-                    },
-                ],
-                "responses": {
-                    "204": _answer("The session has ended"),
-                    **_layer_errors(401, 406, 429, 500, 503),
-                },
-            }
-        },
+    _declared_paths(
+        spec,
+        layer.OPERATIONS,
+        tags=["Layer"],
+        security=[{"LayerSession": []}],
+        parameters=[_layer_accept()],
+        errors=_layer_errors,
     )
 
 
