@@ -14,7 +14,6 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
 from gateway import validation
-from gateway.commands import DeliveryState
 from gateway.config import DEFAULT_LAYER_VERSIONS
 from gateway.keys import SETTINGS
 from gateway.observability import REQUEST_ID_HEADER
@@ -314,6 +313,7 @@ def _layer_accept() -> dict[str, Any]:
 
 
 def _operation(
+    plugin: MarshmallowPlugin,
     operation: Operation,
     *,
     tags: list[str],
@@ -325,7 +325,9 @@ def _operation(
     schema = operation.answer_schema
     success: dict[str, Any] = {"description": operation.answer, "headers": _headers()}
     if schema is not None:
-        success["content"] = {JSON: {"schema": _ref(schema) if isinstance(schema, str) else schema}}
+        success["content"] = {
+            operation.media_type: {"schema": _ref(schema) if isinstance(schema, str) else schema}
+        }
     document: dict[str, Any] = {
         "tags": tags,
         "operationId": operation.operation_id,
@@ -339,19 +341,47 @@ def _operation(
         {"name": name, "in": "path", "required": True, "schema": schema}
         for name, schema in operation.path_parameters
     ]
-    if parameters or path_parameters:
-        document["parameters"] = [*parameters, *path_parameters]
+    query = []
+    if operation.query is not None:
+        if plugin.converter is None:
+            raise RuntimeError("the MarshmallowPlugin is not attached to an APISpec")
+        query = [
+            _without_null(parameter)
+            for parameter in plugin.converter.schema2parameters(
+                operation.query, location="query"
+            )
+        ]
+    every = [*parameters, *path_parameters, *operation.headers, *query]
+    if every:
+        document["parameters"] = every
     if operation.body is not None:
         document["requestBody"] = _json_body(operation.body)
     document["responses"] = {str(operation.status): success, **errors(*operation.errors)}
     return document
 
 
-def _declared_paths(spec: APISpec, operations: tuple[Operation, ...], **shared: Any) -> None:
+def _without_null(parameter: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter as a query string carries it: absent, never null."""
+    schema = dict(parameter["schema"])
+    if schema.get("default", ...) is None:
+        del schema["default"]
+    if isinstance(schema.get("type"), list):
+        kinds = [kind for kind in schema["type"] if kind != "null"]
+        schema["type"] = kinds[0] if len(kinds) == 1 else kinds
+    if "enum" in schema:
+        schema["enum"] = [value for value in schema["enum"] if value is not None]
+    return {**parameter, "schema": schema}
+
+
+def _declared_paths(
+    spec: APISpec, plugin: MarshmallowPlugin, operations: tuple[Operation, ...], **shared: Any
+) -> None:
     """A surface's declared operations, grouped by path in their order."""
     by_path: dict[str, dict[str, Any]] = {}
     for operation in operations:
-        by_path.setdefault(operation.path, {})[operation.method] = _operation(operation, **shared)
+        by_path.setdefault(operation.path, {})[operation.method] = _operation(
+            plugin, operation, **shared
+        )
     for path, methods in by_path.items():
         spec.path(path, operations=methods)
 
@@ -377,6 +407,7 @@ def _layer_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
     spec.components.schema("LayerLogIn", schema=LayerLogInSchema)
     _declared_paths(
         spec,
+        plugin,
         layer.OPERATIONS,
         tags=["Layer"],
         security=[{"LayerSession": []}],
@@ -574,78 +605,14 @@ def _internal_paths(spec: APISpec, plugin: MarshmallowPlugin, settings_ttl: int,
         ("InternalOpenedSession", InternalOpenedSessionSchema),
     ]:
         spec.components.schema(name, schema=schema)
-    common = {"tags": ["Internal"], "security": [{"InternalBearer": []}]}
-    spec.path(
-        "/internal/v1/targets",
-        operations={
-            "post": {
-                **common,
-                "operationId": "internal_find_targets",
-                "summary": "The fan-out's targets: live registrations admitting the category",
-                "description": "NDJSON, one InternalTarget a line, streamed as it is read.",
-                "requestBody": _json_body("InternalTargetsQuery"),
-                "responses": {
-                    "200": {
-                        "description": "One InternalTarget per line",
-                        "headers": _headers(),
-                        "content": {internal.NDJSON: {"schema": _ref("InternalTarget")}},
-                    },
-                    **_internal_errors(400, 401, 413, 500, 503),
-                },
-            }
-        },
-    )
-    spec.path(
-        "/internal/v1/feedback",
-        operations={
-            "post": {
-                **common,
-                "operationId": "internal_prune_dead_tokens",
-                "summary": "Remove the registrations of tokens their push service reported dead",
-                "requestBody": _json_body("InternalFeedback"),
-                "responses": {
-                    "200": _answer("How many registrations were removed", "InternalPruned"),
-                    **_internal_errors(400, 401, 413, 500, 503),
-                },
-            }
-        },
-    )
-    spec.path(
-        "/internal/v1/sessions",
-        operations={
-            "post": {
-                **common,
-                "operationId": "internal_open_session",
-                "summary": "Start a session for a user; its token is both dialects' credential",
-                "requestBody": _json_body("InternalOpenSession"),
-                "responses": {
-                    "201": _answer("The new session", "InternalOpenedSession"),
-                    **_internal_errors(400, 401, 413, 500, 503),
-                },
-            }
-        },
-    )
-    spec.path(
-        "/internal/v1/sessions/{token}",
-        operations={
-            "delete": {
-                **common,
-                "operationId": "internal_end_session",
-                "summary": "End a session and its registrations",
-                "parameters": [
-                    {
-                        "name": "token",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "pattern": _HEX_32},
-                    }
-                ],
-                "responses": {
-                    "204": _answer("The session has ended"),
-                    **_internal_errors(400, 401, 404, 500, 503),
-                },
-            }
-        },
+    _declared_paths(
+        spec,
+        plugin,
+        internal.OPERATIONS,
+        tags=["Internal"],
+        security=[{"InternalBearer": []}],
+        parameters=[],
+        errors=_internal_errors,
     )
 
 
@@ -679,92 +646,18 @@ def _notification_paths(spec: APISpec, plugin: MarshmallowPlugin,
         ("DeliveriesPage", DeliveriesPageSchema),
     ]:
         spec.components.schema(name, schema=schema)
-    common = {"tags": ["Internal"], "security": [{"InternalBearer": []}]}
-    notification_id = {
-        "name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}
-    }
 
     def errors(*statuses: int) -> dict[str, Any]:
         return _error_answers(_NOTIFICATION_ERRORS, "InternalError", statuses, retry_after=False)
 
-    spec.path(
-        notifications.NOTIFICATIONS,
-        operations={
-            "post": {
-                **common,
-                "operationId": "internal_send_notification",
-                "summary": "Queue a message to every target of the audience; 202 once committed",
-                "description": (
-                    "One delivery row per target, written with the notification in one "
-                    "transaction. Idempotency-Key (1 to 255 visible ASCII characters) makes a "
-                    "retry answer with the first notification."
-                ),
-                "parameters": [
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
-                    }
-                ],
-                "requestBody": _json_body("NotificationRequest"),
-                "responses": {
-                    "202": _answer("The notification and its target count", "NotificationQueued"),
-                    **errors(400, 401, 409, 413, 500, 503),
-                },
-            }
-        },
-    )
-    spec.path(
-        notifications.NOTIFICATIONS + "/{id}",
-        operations={
-            "get": {
-                **common,
-                "operationId": "internal_show_notification",
-                "summary": "A notification's state and its deliveries' outcomes by provider",
-                "parameters": [notification_id],
-                "responses": {
-                    "200": _answer("Its progress", "NotificationProgress"),
-                    **errors(400, 401, 404, 500, 503),
-                },
-            }
-        },
-    )
-    spec.path(
-        notifications.NOTIFICATIONS + "/{id}/deliveries",
-        operations={
-            "get": {
-                **common,
-                "operationId": "internal_list_deliveries",
-                "summary": "A page of its deliveries, by id, of one outcome or all",
-                "parameters": [
-                    notification_id,
-                    {
-                        "name": "outcome",
-                        "in": "query",
-                        "schema": {"type": "string", "enum": [s.value for s in DeliveryState]},
-                    },
-                    {
-                        "name": "after",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
-                    },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": notifications.MAX_DELIVERIES_PAGE,
-                        },
-                    },
-                ],
-                "responses": {
-                    "200": _answer("The page", "DeliveriesPage"),
-                    **errors(400, 401, 404, 500, 503),
-                },
-            }
-        },
+    _declared_paths(
+        spec,
+        plugin,
+        notifications.OPERATIONS,
+        tags=["Internal"],
+        security=[{"InternalBearer": []}],
+        parameters=[],
+        errors=errors,
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from marshmallow import Schema
 
 from gateway.commands import SessionRef
 from gateway.errors import GatewayError
@@ -129,3 +130,10 @@ class Operation:
     path_parameters: tuple[tuple[str, dict[str, Any]], ...] = ()
     # Whether the caller must present the surface's session credential.
     authenticated: bool = True
+    # Header parameters, as the document's Parameter Objects.
+    headers: tuple[dict[str, Any], ...] = ()
+    # The schema the handler reads the query string with: its fields and
+    # validators become the query parameters.
+    query: Schema | None = None
+    # The success answer's media type.
+    media_type: str = "application/json"

@@ -44,10 +44,12 @@ from gateway.errors import (
 from gateway.keys import EXECUTOR, SETTINGS
 from gateway.parsing import Text, identifier, load, one_of, read_json_object
 from gateway.wire import (
+    SESSION_TOKEN_PATTERN,
     Detail,
     ErrorRow,
     ErrorTable,
     Handler,
+    Operation,
     json_response,
     row_for,
     session_from_token,
@@ -393,6 +395,41 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/internal/v1/sessions", open_session),
     ("DELETE", "/internal/v1/sessions/{token}", end_session),
 ]
+
+# The routes above as the OpenAPI document tells them; every one is behind the
+# admin key and answers InternalError with the statuses named.
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "post", "/internal/v1/targets", "internal_find_targets",
+        "The fan-out's targets: live registrations admitting the category",
+        200, "One InternalTarget per line", "InternalTarget",
+        errors=(400, 401, 413, 500, 503),
+        description="NDJSON, one InternalTarget a line, streamed as it is read.",
+        body="InternalTargetsQuery",
+        media_type=NDJSON,
+    ),
+    Operation(
+        "post", "/internal/v1/feedback", "internal_prune_dead_tokens",
+        "Remove the registrations of tokens their push service reported dead",
+        200, "How many registrations were removed", "InternalPruned",
+        errors=(400, 401, 413, 500, 503),
+        body="InternalFeedback",
+    ),
+    Operation(
+        "post", "/internal/v1/sessions", "internal_open_session",
+        "Start a session for a user; its token is both dialects' credential",
+        201, "The new session", "InternalOpenedSession",
+        errors=(400, 401, 413, 500, 503),
+        body="InternalOpenSession",
+    ),
+    Operation(
+        "delete", "/internal/v1/sessions/{token}", "internal_end_session",
+        "End a session and its registrations",
+        204, "The session has ended",
+        errors=(400, 401, 404, 500, 503),
+        path_parameters=(("token", {"type": "string", "pattern": SESSION_TOKEN_PATTERN}),),
+    ),
+)
 
 
 async def unknown_endpoint(request: web.Request) -> web.Response:
