@@ -422,8 +422,11 @@ def _layer_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
 _NAVIXY_ERRORS = describe(navixy.ERRORS)
 
 
-def _navixy_answers() -> dict[str, Any]:
-    answers = {"200": _answer("Done", "NavixySuccess")}
+def _navixy_answers(operation: Operation) -> dict[str, Any]:
+    schema = operation.answer_schema
+    if not isinstance(schema, str):
+        raise ValueError(f"{operation.operation_id} answers no component")
+    answers = {str(operation.status): _answer(operation.answer, schema)}
     for status, description in _NAVIXY_ERRORS.items():
         extra = ("Retry-After",) if status in {429, 503} else ()
         answers[str(status)] = _answer(description, "NavixyError", *extra)
@@ -494,29 +497,22 @@ def _navixy_paths(spec: APISpec, plugin: MarshmallowPlugin, categories: frozense
     )
     keys["properties"]["auth"].update(pattern=_BASE64URL, description="base64url of 16 bytes")
 
-    session = _json_schema(plugin, NavixySessionSchema)
+    # The form and GET forms of each action, by its JSON body's component.
+    as_text = {
+        "NavixyBind": ("NavixyBindForm", bind_as_text),
+        "NavixySession": ("NavixySession", _json_schema(plugin, NavixySessionSchema)),
+    }
     # The hash also comes as 'Authorization: NVX <hash>'; none at all is an
     # error the action answers (code 3), not one the document forbids.
     security: list[dict[str, list[str]]] = [{}, {"NavixyAuthorization": []}]
-    # (action, operationId stem, JSON body, form body, GET parameters, summary)
-    actions = [
-        (
-            "user/session/push_token/bind", "navixy_bind", "NavixyBind", "NavixyBindForm",
-            bind_as_text, "Bind a push token to the calling session, replacing its earlier one",
-        ),
-        (
-            "user/session/push_token/delete", "navixy_delete", "NavixySession", "NavixySession",
-            session, "Remove the session's binding; succeeds when there is none",
-        ),
-        (
-            "user/logout", "navixy_logout", "NavixySession", "NavixySession",
-            session, "End the session, and its binding with it",
-        ),
-    ]
-    for action, operation_id, json_body, form_body, query, summary in actions:
+    for operation in navixy.OPERATIONS:
+        if operation.body is None:
+            raise ValueError(f"{operation.operation_id} declares no body")
+        action = operation.path.removeprefix("/v2/")
+        form_body, query = as_text[operation.body]
         common = {
             "tags": ["Navixy"],
-            "summary": summary,
+            "summary": operation.summary,
             "description": (
                 f"Also served at /{action} and with a trailing slash. The hash is read from "
                 "the body, then the query string, then `Authorization: NVX <hash>`. Every "
@@ -525,29 +521,29 @@ def _navixy_paths(spec: APISpec, plugin: MarshmallowPlugin, categories: frozense
             "security": security,
         }
         spec.path(
-            f"/v2/{action}",
+            operation.path,
             operations={
                 "post": {
                     **common,
-                    "operationId": f"{operation_id}_post",
+                    "operationId": f"{operation.operation_id}_post",
                     "requestBody": {
-                        "required": json_body != "NavixySession",
+                        # Only the session's hash is asked, and it may come otherwise.
+                        "required": operation.body != "NavixySession",
                         "content": {
-                            JSON: {"schema": _ref(json_body)},
+                            JSON: {"schema": _ref(operation.body)},
                             FORM: {"schema": _ref(form_body)},
                         },
                     },
-                    "responses": _navixy_answers(),
+                    "responses": _navixy_answers(operation),
                 },
                 "get": {
                     **common,
-                    "operationId": f"{operation_id}_get",
+                    "operationId": f"{operation.operation_id}_get",
                     "parameters": _query_parameters(query),
-                    "responses": _navixy_answers(),
+                    "responses": _navixy_answers(operation),
                 },
             },
         )
-
 
 # ------------------------------------------------------------ the senders' internal API
 

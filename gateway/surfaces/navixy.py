@@ -54,6 +54,7 @@ from gateway.wire import (
     ErrorRow,
     ErrorTable,
     Handler,
+    Operation,
     json_response,
     row_for,
     session_from_token,
@@ -243,6 +244,30 @@ ACTIONS: dict[str, Handler] = {
     "user/session/push_token/delete": delete_push_token,
     "user/logout": logout,
 }
+
+# The actions above as the OpenAPI document tells them, each by its POST with
+# a JSON body (the form body and the GET query string carry the same fields as
+# text); every one answers NavixySuccess or the error table's statuses.
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "post", "/v2/user/session/push_token/bind", "navixy_bind",
+        "Bind a push token to the calling session, replacing its earlier one",
+        200, "Done", "NavixySuccess",
+        body="NavixyBind",
+    ),
+    Operation(
+        "post", "/v2/user/session/push_token/delete", "navixy_delete",
+        "Remove the session's binding; succeeds when there is none",
+        200, "Done", "NavixySuccess",
+        body="NavixySession",
+    ),
+    Operation(
+        "post", "/v2/user/logout", "navixy_logout",
+        "End the session, and its binding with it",
+        200, "Done", "NavixySuccess",
+        body="NavixySession",
+    ),
+)
 
 
 # Each action with and without a trailing slash, under /v2 and at the root.
