@@ -556,43 +556,15 @@ def _internal_errors(*statuses: int) -> dict[str, Any]:
 
 def _internal_paths(spec: APISpec, plugin: MarshmallowPlugin, settings_ttl: int,
                     categories: frozenset[str]) -> None:
-    user_ids = {"type": "array", "items": {"type": "string", **_IDENTIFIER}}
     spec.components.schema(
         "InternalTargetsQuery",
-        component=_request_schema(
-            plugin,
-            internal.TargetsSchema(categories),
-            {
-                "users": {**user_ids, "minItems": 1, "maxItems": internal.MAX_AUDIENCE},
-                "exclude_users": {**user_ids, "maxItems": internal.MAX_AUDIENCE, "default": []},
-                "category": {"type": "string", "enum": sorted(categories)},
-            },
-        ),
+        component=_json_schema(plugin, internal.TargetsSchema(categories)),
     )
     spec.components.schema(
-        "InternalFeedback", component=_request_schema(plugin, internal.FEEDBACK_SCHEMA, {})
-    )
-    feedback = spec.components.schemas["InternalFeedback"]
-    feedback["properties"]["feedback"]["maxItems"] = internal.MAX_FEEDBACK
-    dead = spec.components.schemas["DeadToken"]
-    dead["properties"]["reason"]["description"] = "; ".join(
-        f"{provider.value}: {', '.join(sorted(reasons))}"
-        for provider, reasons in internal.DEAD_TOKEN_REASONS.items()
+        "InternalFeedback", component=_json_schema(plugin, internal.FEEDBACK_SCHEMA)
     )
     spec.components.schema(
-        "InternalOpenSession",
-        component=_request_schema(
-            plugin,
-            internal.SessionSchema(settings_ttl),
-            {
-                "ttl": {
-                    "type": ["integer", "null"],
-                    "minimum": 1,
-                    "maximum": internal.MAX_SESSION_TTL,
-                    "description": "seconds; GATEWAY_SESSION_TTL when absent",
-                },
-            },
-        ),
+        "InternalOpenSession", component=_json_schema(plugin, internal.SessionSchema(settings_ttl))
     )
     for name, schema in [
         ("InternalError", InternalErrorSchema),
@@ -621,20 +593,9 @@ _NOTIFICATION_ERRORS = {
 
 def _notification_paths(spec: APISpec, plugin: MarshmallowPlugin,
                         categories: frozenset[str]) -> None:
-    user_ids = {"type": "array", "items": {"type": "string", **_IDENTIFIER}}
     spec.components.schema(
         "NotificationRequest",
-        component=_request_schema(
-            plugin,
-            notifications.NotificationSchema(categories),
-            {
-                "users": {**user_ids, "minItems": 1, "maxItems": internal.MAX_AUDIENCE},
-                "exclude_users": {**user_ids, "maxItems": internal.MAX_AUDIENCE, "default": []},
-                "category": {"type": "string", "enum": sorted(categories)},
-                "ttl": {"minimum": 1, "maximum": notifications.MAX_TTL, "default": 86400},
-                "priority": {"type": "string", "enum": ["high", "normal"], "default": "high"},
-            },
-        ),
+        component=_json_schema(plugin, notifications.NotificationSchema(categories)),
     )
     for name, schema in [
         ("NotificationQueued", NotificationQueuedSchema),

@@ -106,7 +106,15 @@ class UserIds(fields.Field):  # type: ignore[type-arg]
     """
 
     def __init__(self, *, min_items: int, max_items: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        # The same bounds as the OpenAPI document's JSON Schema (apispec reads metadata).
+        shape: dict[str, Any] = {
+            "type": "array",
+            "items": {"type": "string", **validation.IDENTIFIER_JSON_SCHEMA},
+            "maxItems": max_items,
+        }
+        if min_items:
+            shape["minItems"] = min_items
+        super().__init__(metadata={**shape, **kwargs.pop("metadata", {})}, **kwargs)
         self.min_items = min_items
         self.max_items = max_items
 
@@ -155,11 +163,17 @@ class TargetsSchema(Schema):
 
     users = UserIds(required=True, min_items=1, max_items=MAX_AUDIENCE)
     category = Text(required=True)
-    exclude_users = UserIds(load_default=list, min_items=0, max_items=MAX_AUDIENCE)
+    exclude_users = UserIds(
+        load_default=list, min_items=0, max_items=MAX_AUDIENCE, metadata={"default": []}
+    )
 
     def __init__(self, categories: frozenset[str]) -> None:
         super().__init__()
         self.categories = categories
+        # For the OpenAPI document; make_query checks it, after the other fields.
+        # (a new mapping: the declared field's is shared by every instance).
+        category = self.fields["category"]
+        category.metadata = {**category.metadata, "enum": sorted(categories)}
 
     @post_load
     def make_query(self, data: dict[str, Any], **_: Any) -> FindTargets:
@@ -178,7 +192,15 @@ class DeadTokenSchema(Schema):
 
     provider = Text(required=True, validate=one_of(DEAD_TOKEN_REASONS))
     token = Text(required=True)
-    reason = Text(required=True)
+    reason = Text(
+        required=True,
+        metadata={
+            "description": "; ".join(
+                f"{provider.value}: {', '.join(sorted(reasons))}"
+                for provider, reasons in DEAD_TOKEN_REASONS.items()
+            )
+        },
+    )
     # RFC 3339 with an offset: a push service's answer is a moment, not a
     # wall-clock reading in an unknown zone.
     observed_at = RecentMoment(
@@ -212,7 +234,9 @@ class FeedbackSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    feedback = fields.List(fields.Nested(DeadTokenSchema), required=True)
+    feedback = fields.List(
+        fields.Nested(DeadTokenSchema), required=True, metadata={"maxItems": MAX_FEEDBACK}
+    )
 
     @pre_load
     def bound_length(self, data: Any, **_: Any) -> Any:
@@ -241,6 +265,7 @@ class SessionSchema(Schema):
         load_default=None,
         validate=Range(1, MAX_SESSION_TTL, error="must be between {min} and {max} seconds"),
         error_messages={"invalid": "must be a whole number of seconds"},
+        metadata={"description": "seconds; GATEWAY_SESSION_TTL when absent"},
     )
 
     def __init__(self, default_ttl: int) -> None:
