@@ -13,35 +13,20 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
-from gateway import validation
 from gateway.config import DEFAULT_LAYER_VERSIONS
 from gateway.keys import SETTINGS
 from gateway.observability import REQUEST_ID_HEADER
 from gateway.surfaces import internal, layer, navixy, notifications
-from gateway.wire import SESSION_TOKEN, Operation, describe
+from gateway.wire import SESSION_TOKEN_PATTERN, Operation, describe
 
 OPENAPI_VERSION = "3.1.0"
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
 
-# Patterns are ECMA-262, as JSON Schema reads them; they restate
-# gateway.validation's rules for the document's readers and generators, and
-# the code stays the authority.
-_HEX_32 = f"^{SESSION_TOKEN.pattern}$"
-_IDENTIFIER = validation.IDENTIFIER_JSON_SCHEMA
-_PUSH_TOKEN: dict[str, Any] = {
-    # Both the APNs and the FCM form; which applies depends on the type.
-    "pattern": "^[A-Za-z0-9_:-]+$",
-    "minLength": validation.FCM_TOKEN_MIN_LENGTH,
-    "maxLength": validation.FCM_TOKEN_MAX_LENGTH,
-    "description": (
-        f"APNs: {validation.APNS_TOKEN_MIN_LENGTH} to {validation.APNS_TOKEN_MAX_LENGTH} hex "
-        f"digits, an even number (stored lowercase). FCM: {validation.FCM_TOKEN_MIN_LENGTH} to "
-        f"{validation.FCM_TOKEN_MAX_LENGTH} characters of [A-Za-z0-9_:-]."
-    ),
-}
-_BASE64URL = "^[A-Za-z0-9_-]+={0,2}$"
+# The patterns the document states beside the surfaces' own fields are
+# ECMA-262, as JSON Schema reads them; gateway.validation's code stays the authority.
+_HEX_32 = SESSION_TOKEN_PATTERN
 
 # The two pages' own examples.
 _LAYER_EXAMPLE = {
@@ -244,17 +229,6 @@ def _json_schema(plugin: MarshmallowPlugin, schema: Schema | type[Schema]) -> di
     return converted
 
 
-def _request_schema(
-    plugin: MarshmallowPlugin, schema: Schema, refinements: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    """A surface's schema as JSON Schema, with what the schema cannot say added."""
-    converted = _json_schema(plugin, schema)
-    properties = converted["properties"]
-    for name, extra in refinements.items():
-        properties[name] = {**properties.get(name, {}), **extra}
-    return converted
-
-
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -389,17 +363,7 @@ def _declared_paths(
 def _layer_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
     spec.components.schema(
         "LayerRegister",
-        component=_request_schema(
-            plugin,
-            layer.REGISTER_SCHEMA,
-            {
-                "token": {"type": "string", **_PUSH_TOKEN},
-                "ios_version": {
-                    "pattern": f"^{layer.IOS_VERSION.pattern}$",
-                    "description": "apns only",
-                },
-            },
-        )
+        component=_json_schema(plugin, layer.REGISTER_SCHEMA)
         | {"example": _LAYER_EXAMPLE},
     )
     spec.components.schema("LayerError", schema=LayerErrorSchema)
@@ -447,31 +411,7 @@ def _query_parameters(component: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _navixy_paths(spec: APISpec, plugin: MarshmallowPlugin, categories: frozenset[str]) -> None:
-    names = "|".join(sorted(categories))
-    bind = _request_schema(
-        plugin,
-        navixy.BindSchema(categories),
-        {
-            "token": {
-                "type": "string",
-                # Every form the three applications take; which applies
-                # depends on the application.
-                "pattern": (
-                    f"^([A-Za-z0-9_:-]{{{validation.FCM_TOKEN_MIN_LENGTH},"
-                    f"{validation.FCM_TOKEN_MAX_LENGTH}}}|https://[!-~]+)$"
-                ),
-                "maxLength": validation.FCM_TOKEN_MAX_LENGTH,
-                "description": _PUSH_TOKEN["description"]
-                + " w3c_pushapi: the subscription's https endpoint URL.",
-            },
-            "category_filter": {
-                "type": "string",
-                "default": "*",
-                "pattern": f"^ *(\\*|-?({names})( *, *({names}))*) *$",
-                "description": "'*', 'a,b' (only these) or '-a,b' (all but these)",
-            },
-        },
-    )
+    bind = _json_schema(plugin, navixy.BindSchema(categories))
     bind["properties"]["parameters"] = {
         "anyOf": [_ref("WebPushKeys"), {"type": "string"}, {"type": "null"}],
         "default": None,
@@ -491,11 +431,6 @@ def _navixy_paths(spec: APISpec, plugin: MarshmallowPlugin, categories: frozense
     spec.components.schema("NavixySession", schema=NavixySessionSchema)
     spec.components.schema("NavixySuccess", schema=NavixySuccessSchema)
     spec.components.schema("NavixyError", schema=NavixyErrorSchema)
-    keys = spec.components.schemas["WebPushKeys"]
-    keys["properties"]["p256dh"].update(
-        pattern=_BASE64URL, description="base64url of a 65-byte uncompressed P-256 point"
-    )
-    keys["properties"]["auth"].update(pattern=_BASE64URL, description="base64url of 16 bytes")
 
     # The form and GET forms of each action, by its JSON body's component.
     as_text = {

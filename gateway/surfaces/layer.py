@@ -79,12 +79,16 @@ class RegisterSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    token = Text(required=True)
+    token = Text(required=True, metadata=validation.PUSH_TOKEN_JSON_SCHEMA)
     type = Text(required=True, validate=one_of(TYPES))
     device_id = identifier(required=True)
     apns_bundle_id = identifier(load_default=None, metadata={"description": "apns only"})
     gcm_sender_id = identifier(load_default=None, metadata={"description": "gcm only"})
-    ios_version = Text(load_default=None, validate=rule(_ios_version))
+    ios_version = Text(
+        load_default=None,
+        validate=rule(_ios_version),
+        metadata={"pattern": f"^{IOS_VERSION.pattern}$", "description": "apns only"},
+    )
 
     @post_load
     def make_command(self, data: dict[str, Any], **_: Any) -> Callable[[SessionRef], RegisterToken]:
