@@ -13,10 +13,11 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
+from gateway import health
 from gateway.config import DEFAULT_LAYER_VERSIONS
 from gateway.keys import SETTINGS
-from gateway.observability import REQUEST_ID_HEADER
-from gateway.surfaces import internal, layer, navixy, notifications
+from gateway.observability import REQUEST_ID_HEADER, metrics
+from gateway.surfaces import internal, layer, navixy, notifications, vapid
 from gateway.wire import SESSION_TOKEN_PATTERN, Operation, describe
 
 OPENAPI_VERSION = "3.1.0"
@@ -286,6 +287,25 @@ def _layer_accept() -> dict[str, Any]:
     }
 
 
+def _declared_answer(
+    description: str, schema: str | dict[str, Any] | None, media_type: str, *headers: str
+) -> dict[str, Any]:
+    """An answer as an Operation declares it: its schema a component's name or inline."""
+    answer: dict[str, Any] = {"description": description, "headers": _headers(*headers)}
+    if schema is not None:
+        answer["content"] = {
+            media_type: {"schema": _ref(schema) if isinstance(schema, str) else schema}
+        }
+    return answer
+
+
+def _no_errors(*statuses: int) -> dict[str, Any]:
+    """For operations that answer from no error table."""
+    if statuses:
+        raise ValueError(f"statuses {statuses} name no error table")
+    return {}
+
+
 def _operation(
     plugin: MarshmallowPlugin,
     operation: Operation,
@@ -296,12 +316,13 @@ def _operation(
     errors: Callable[..., dict[str, Any]],
 ) -> dict[str, Any]:
     """One declared operation as the document's Operation Object."""
-    schema = operation.answer_schema
-    success: dict[str, Any] = {"description": operation.answer, "headers": _headers()}
-    if schema is not None:
-        success["content"] = {
-            operation.media_type: {"schema": _ref(schema) if isinstance(schema, str) else schema}
-        }
+    success = _declared_answer(operation.answer, operation.answer_schema, operation.media_type)
+    others = {
+        str(status): _declared_answer(
+            description, schema, JSON, *(("WWW-Authenticate",) if status == 401 else ())
+        )
+        for status, description, schema in operation.other_answers
+    }
     document: dict[str, Any] = {
         "tags": tags,
         "operationId": operation.operation_id,
@@ -330,7 +351,9 @@ def _operation(
         document["parameters"] = every
     if operation.body is not None:
         document["requestBody"] = _json_body(operation.body)
-    document["responses"] = {str(operation.status): success, **errors(*operation.errors)}
+    document["responses"] = {
+        str(operation.status): success, **errors(*operation.errors), **others
+    }
     return document
 
 
@@ -556,117 +579,37 @@ def _notification_paths(spec: APISpec, plugin: MarshmallowPlugin,
 # ------------------------------------------------------------ operations
 
 
-def _operator_paths(spec: APISpec) -> None:
+# This document's own route, declared beside it.
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "get", "/openapi.json", "openapi", "This document",
+        200, "OpenAPI 3.1", {"type": "object"},
+        authenticated=False,
+    ),
+)
+
+
+def _operator_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
     spec.components.schema("Health", schema=HealthSchema)
-    tags = ["Operations"]
-    spec.path(
-        "/health/live",
-        operations={
-            "get": {
-                "tags": tags,
-                "operationId": "health_live",
-                "summary": "The process answers",
-                "responses": {"200": _answer("Alive", "Health")},
-            }
-        },
+    operations = (*health.OPERATIONS, *metrics.OPERATIONS, *OPERATIONS)
+    _declared_paths(
+        spec,
+        plugin,
+        operations,
+        tags=["Operations"],
+        # Open unless GATEWAY_METRICS_TOKEN is set.
+        security=[{}, {"MetricsBearer": []}],
+        parameters=[],
+        errors=_no_errors,
     )
-    spec.path(
-        "/health/ready",
-        operations={
-            "get": {
-                "tags": tags,
-                "operationId": "health_ready",
-                "summary": "The database answers a query",
-                "responses": {
-                    "200": _answer("Ready", "Health"),
-                    "503": _answer("The database is down", "Health"),
-                },
-            }
-        },
-    )
-    spec.path(
-        "/metrics",
-        operations={
-            "get": {
-                "tags": tags,
-                "operationId": "metrics",
-                "summary": "This worker process's metrics, in the Prometheus text format",
-                # Open unless GATEWAY_METRICS_TOKEN is set.
-                "security": [{}, {"MetricsBearer": []}],
-                "responses": {
-                    "200": {
-                        "description": "Prometheus exposition format 0.0.4",
-                        "headers": _headers(),
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    },
-                    "401": _answer(
-                        "GATEWAY_METRICS_TOKEN is set and the request lacks it",
-                        "InternalError",
-                        "WWW-Authenticate",
-                    ),
-                },
-            }
-        },
-    )
-    spec.path(
-        "/openapi.json",
-        operations={
-            "get": {
-                "tags": tags,
-                "operationId": "openapi",
-                "summary": "This document",
-                "responses": {
-                    "200": {
-                        "description": "OpenAPI 3.1",
-                        "headers": _headers(),
-                        "content": {JSON: {"schema": {"type": "object"}}},
-                    }
-                },
-            }
-        },
-    )
-
-
-def _webpush_paths(spec: APISpec) -> None:
-    error = {
-        "type": "object",
-        "required": ["error", "message"],
-        "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
-    }
-    spec.path(
-        "/webpush/vapid-public-key",
-        operations={
-            "get": {
-                "tags": ["Web Push"],
-                "operationId": "vapid_public_key",
-                "summary": "The VAPID public key web pages subscribe with (applicationServerKey)",
-                "responses": {
-                    "200": {
-                        "description": "base64url of the 65-byte uncompressed P-256 point",
-                        "headers": _headers(),
-                        "content": {
-                            JSON: {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["public_key"],
-                                    "properties": {
-                                        "public_key": {
-                                            "type": "string",
-                                            "pattern": "^[A-Za-z0-9_-]{87}$",
-                                        }
-                                    },
-                                }
-                            }
-                        },
-                    },
-                    "404": {
-                        "description": "Web Push is not configured (GATEWAY_VAPID_PRIVATE_KEY)",
-                        "headers": _headers(),
-                        "content": {JSON: {"schema": error}},
-                    },
-                },
-            }
-        },
+    _declared_paths(
+        spec,
+        plugin,
+        vapid.OPERATIONS,
+        tags=["Web Push"],
+        security=[],
+        parameters=[],
+        errors=_no_errors,
     )
 
 
@@ -735,8 +678,7 @@ def build_document(categories: frozenset[str], session_ttl: int) -> dict[str, An
     _navixy_paths(spec, plugin, categories)
     _internal_paths(spec, plugin, session_ttl, categories)
     _notification_paths(spec, plugin, categories)
-    _operator_paths(spec)
-    _webpush_paths(spec)
+    _operator_paths(spec, plugin)
     document: dict[str, Any] = spec.to_dict()
     return document
 

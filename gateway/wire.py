@@ -137,3 +137,5 @@ class Operation:
     query: Schema | None = None
     # The success answer's media type.
     media_type: str = "application/json"
+    # Answers that come from no error table: status, description, JSON schema.
+    other_answers: tuple[tuple[int, str, str | dict[str, Any] | None], ...] = ()
