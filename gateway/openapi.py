@@ -239,10 +239,7 @@ def _headers(*names: str) -> dict[str, Any]:
 
 
 def _answer(description: str, schema: str | None = None, *headers: str) -> dict[str, Any]:
-    answer: dict[str, Any] = {"description": description, "headers": _headers(*headers)}
-    if schema is not None:
-        answer["content"] = {JSON: {"schema": _ref(schema)}}
-    return answer
+    return _declared_answer(description, schema, JSON, *headers)
 
 
 def _json_body(schema: str) -> dict[str, Any]:
