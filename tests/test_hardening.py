@@ -113,6 +113,59 @@ async def test_a_bad_expect_gets_a_request_id_and_keeps_the_callers(server):
     assert headers["x-request-id"] == "mine-1"
 
 
+# Each route refuses a bad Expect itself (gateway.expect), in the dialect that
+# owns its path; Layer's where none does. The last cases are paths no route
+# serves, and a served path with another method.
+EXPECT_ROUTES = [
+    ("POST", "/push_tokens", "layer"),
+    ("DELETE", "/sessions/0123", "layer"),
+    ("POST", "/v2/user/logout", "navixy"),
+    ("POST", "/user/logout/", "navixy"),
+    ("POST", "/v2/no/such/action", "navixy"),
+    ("POST", "/internal/fanout", "internal"),
+    ("POST", "/internal/notifications", "internal"),
+    ("GET", "/internal/no-such-endpoint", "internal"),
+    ("GET", "/health/live", "layer"),
+    ("GET", "/metrics", "layer"),
+    ("GET", "/openapi.json", "layer"),
+    ("GET", "/docs", "layer"),
+    ("GET", "/docs/assets/swagger-ui.css", "layer"),
+    ("GET", "/webpush/vapid-public-key", "layer"),
+    ("GET", "/no/such/path", "layer"),
+    ("POST", "/", "layer"),
+    ("GET", "/v2", "navixy"),
+    ("PUT", "/push_tokens", "layer"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "dialect"), EXPECT_ROUTES)
+async def test_every_route_refuses_a_bad_expect_in_its_dialect(server, method, path, dialect):
+    raw = (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 2\r\n"
+        "Connection: close\r\n\r\n{}"
+    ).encode()
+    answer = await exchange(server, raw)
+    status, headers = head_of(answer)
+    assert status == 400
+    assert headers["content-type"].startswith("application/json")
+    body = orjson.loads(answer.split(b"\r\n\r\n", 1)[1])
+    if dialect == "navixy":
+        assert body["success"] is False
+    elif dialect == "layer":
+        assert body["id"] == "invalid_request"
+    else:
+        assert "id" not in body and "success" not in body
+
+
+async def test_a_100_continue_expectation_gets_the_interim_answer_then_the_real_one(server):
+    raw = (
+        b"POST /v2/user/logout HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )
+    answer = await exchange(server, raw)
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 ")
+
+
 @pytest.mark.parametrize(
     "path",
     [

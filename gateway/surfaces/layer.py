@@ -39,7 +39,9 @@ from gateway.errors import (
     SessionNotFound,
     UnknownEndpoint,
 )
+from gateway.expect import only_continue
 from gateway.keys import EXECUTOR, SETTINGS
+from gateway.observability.logs import UNMATCHED_ROUTE
 from gateway.parsing import Text, identifier, load, one_of, read_json_object, rule
 from gateway.wire import (
     Detail,
@@ -256,13 +258,37 @@ async def log_in(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_post("/nonces", issue_nonce)
-    app.router.add_post("/sessions", log_in)
-    app.router.add_post("/push_tokens", register_push_token)
-    app.router.add_get("/push_tokens", list_push_tokens, allow_head=False)
+    add = functools.partial(app.router.add_route, expect_handler=only_continue)
+    add("POST", "/nonces", issue_nonce)
+    add("POST", "/sessions", log_in)
+    add("POST", "/push_tokens", register_push_token)
+    add("GET", "/push_tokens", list_push_tokens)
     # [\s\S], not '.': a device id with a newline is a bad property (422), not an unknown path.
-    app.router.add_delete(r"/push_tokens/{device_id:[\s\S]+}", unregister_push_token)
-    app.router.add_delete("/sessions/{session_token}", end_session)
+    add("DELETE", r"/push_tokens/{device_id:[\s\S]+}", unregister_push_token)
+    add("DELETE", "/sessions/{session_token}", end_session)
+
+
+async def unrouted(request: web.Request) -> web.StreamResponse:
+    # As aiohttp's router answers where no route matches: 405 where another
+    # route has the path, else 404.
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
+def setup_catch_all(app: web.Application) -> None:
+    """Every path no other route serves: even there a bad Expect gets a dialect's error.
+
+    Added after every other route; named so that logs and metrics label its
+    requests as unmatched.
+    """
+    app.router.add_route(
+        "*", "/{path:.*}", unrouted, name=UNMATCHED_ROUTE, expect_handler=only_continue
+    )
 
 
 _CHALLENGE = {"WWW-Authenticate": "Layer"}
