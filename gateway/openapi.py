@@ -313,6 +313,28 @@ def _layer_accept() -> dict[str, Any]:
     }
 
 
+_TEXT = {"type": "string"}
+_LAYER_IDENTITY: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "url", "user_id", "metadata"],
+    "properties": {
+        "id": {"type": "string", "example": "layer:///identities/alice"},
+        "url": {"type": "string", "format": "uri"},
+        "user_id": _TEXT,
+        "display_name": _TEXT,
+        "avatar_url": {"type": ["string", "null"]},
+        "first_name": _TEXT,
+        "last_name": _TEXT,
+        "phone_number": _TEXT,
+        "email_address": _TEXT,
+        "public_key": _TEXT,
+        "metadata": {"type": "object"},
+        "type": {"type": "string", "enum": ["user"]},
+        "identity_type": {"type": "string", "enum": ["user"]},
+    },
+}
+
+
 def _layer_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
     spec.components.schema(
         "LayerRegister",
@@ -479,6 +501,35 @@ def _layer_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
                 "responses": {
                     "204": _answer("The session has ended"),
                     **_layer_errors(401, 406, 429, 500, 503),
+                },
+            }
+        },
+    )
+    spec.path(
+        "/identities/{user_id}",
+        operations={
+            "get": {
+                "tags": tags,
+                "operationId": "layer_show_identity",
+                "summary": "The identity of the session's own user, as the SDKs load it",
+                "description": (
+                    "Only the caller's own user is known (the gateway keeps no directory):"
+                    " any other user_id is 404 not_found. Besides the ids, every field is"
+                    " empty. web-xdk 4.0.6 asks for it at `/{its url}/identities/{user_id}`"
+                    " when its URL is not https; that path is served too."
+                ),
+                "security": security,
+                "parameters": [
+                    _layer_accept(),
+                    {"name": "user_id", "in": "path", "required": True, "schema": _TEXT},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Layer's identity object",
+                        "headers": _headers(),
+                        "content": {JSON: {"schema": _LAYER_IDENTITY}},
+                    },
+                    **_layer_errors(401, 404, 406, 429, 500, 503),
                 },
             }
         },

@@ -6,6 +6,7 @@ import functools
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from marshmallow import EXCLUDE, Schema, ValidationError, post_load
@@ -19,6 +20,7 @@ from gateway.commands import (
     Provider,
     RegisterToken,
     SessionRef,
+    ShowIdentity,
     UnregisterToken,
 )
 from gateway.errors import (
@@ -26,6 +28,7 @@ from gateway.errors import (
     DatabaseError,
     DatabaseUnavailable,
     GatewayError,
+    IdentityNotFound,
     IdentityRejected,
     InvalidParameters,
     MalformedRequest,
@@ -235,6 +238,36 @@ async def list_push_tokens(request: web.Request) -> web.Response:
     return json_response(200, [_registration(row) for row in rows])
 
 
+def _identity(request: web.Request, user_id: str) -> dict[str, Any]:
+    """Layer's identity object, as the SDKs read their own user's: what the
+    gateway knows is the user id; the rest is empty. ``metadata`` makes it a
+    full identity to them, and they call ``url`` from then on."""
+    path = "/identities/" + quote(user_id, safe="")
+    return {
+        "id": "layer:///identities/" + quote(user_id, safe=""),
+        "url": str(request.url.origin().with_path(path, encoded=True)),
+        "user_id": user_id,
+        "display_name": "",
+        "avatar_url": None,
+        "first_name": "",
+        "last_name": "",
+        "phone_number": "",
+        "email_address": "",
+        "public_key": "",
+        "metadata": {},
+        "type": "user",
+        "identity_type": "user",
+    }
+
+
+@_route
+async def show_identity(request: web.Request) -> web.Response:
+    session = _session(request)
+    user_id = request.match_info["user_id"]
+    await request.app[EXECUTOR].execute(ShowIdentity(session, user_id))
+    return json_response(200, _identity(request, user_id))
+
+
 @_route
 async def end_session(request: web.Request) -> web.Response:
     session = session_from_token(request.match_info["session_token"])
@@ -266,6 +299,10 @@ def setup_routes(app: web.Application) -> None:
     # [\s\S], not '.': a device id with a newline is a bad property (422), not an unknown path.
     add("DELETE", r"/push_tokens/{device_id:[\s\S]+}", unregister_push_token)
     add("DELETE", "/sessions/{session_token}", end_session)
+    add("GET", "/identities/{user_id}", show_identity)
+    # web-xdk 4.0.6 puts its URL before the identity's own when that is not
+    # https (its check is /^http(s):/): /http://host:port/identities/<user>.
+    add("GET", "/{origin:https?:/+[^/]+}/identities/{user_id}", show_identity)
 
 
 async def unrouted(request: web.Request) -> web.StreamResponse:
@@ -327,6 +364,7 @@ ERRORS: ErrorTable = (
     ),
     ErrorRow(NotAcceptable, 406, 107, f"Accept must be {MEDIA_TYPE}", "invalid_header", Detail.OWN),
     ErrorRow(UnknownEndpoint, 404, 106, "There is no such endpoint", "invalid_endpoint"),
+    ErrorRow(IdentityNotFound, 404, 102, "There is no such identity", "not_found"),
     ErrorRow(MethodNotAllowed, 405, 109, "This method is not allowed here", "method_not_allowed"),
     ErrorRow(
         RequestTooLarge, 413, 10, "The request body is too large", "invalid_request", Detail.OWN
