@@ -8,6 +8,7 @@ from aiohttp import web
 from gateway import docs, health, observability, openapi, surfaces
 from gateway.config import Settings
 from gateway.connections import CONNECTION_LIMITS, ConnectionLimits
+from gateway.expect import RENDER_ERROR
 from gateway.keys import RATE_LIMITER, SETTINGS
 from gateway.lifecycle import database_ctx, delivery_ctx
 from gateway.middleware import error_middleware
@@ -35,4 +36,7 @@ def create_app(settings: Settings, limiter: RateLimiter | None = None) -> web.Ap
     vapid.setup_routes(app)
     openapi.setup_routes(app)
     docs.setup_routes(app)
+    app[RENDER_ERROR] = surfaces.render_error
+    # Last: it answers only what no route above matched.
+    layer.setup_catch_all(app)
     return app

@@ -79,9 +79,17 @@ class ListRegistrations:
     session: SessionRef
 
 
+@dataclass(frozen=True, slots=True)
+class ShowIdentity:
+    """The identity of ``user_id``, when it is the session's own user."""
+
+    session: SessionRef
+    user_id: str
+
+
 WriteCommand = RegisterToken | UnregisterToken
 # What a session's own caller asks: each counts against that session's rate limit.
-SessionCommand = RegisterToken | UnregisterToken | EndSession | ListRegistrations
+SessionCommand = RegisterToken | UnregisterToken | EndSession | ListRegistrations | ShowIdentity
 
 
 @dataclass(frozen=True, slots=True)

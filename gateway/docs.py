@@ -7,6 +7,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.expect import only_continue
+
 PAGE_PATH = "/docs"
 ASSETS_PATH = "/docs/assets"
 
@@ -59,5 +61,5 @@ async def serve_page(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_get(PAGE_PATH, serve_page, allow_head=False)
-    app.router.add_static(ASSETS_PATH, assets_directory())
+    app.router.add_get(PAGE_PATH, serve_page, allow_head=False, expect_handler=only_continue)
+    app.router.add_static(ASSETS_PATH, assets_directory(), expect_handler=only_continue)

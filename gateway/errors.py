@@ -42,6 +42,10 @@ class UnknownEndpoint(GatewayError):
     """Raised when no route matches the path (Navixy: unknown action)."""
 
 
+class IdentityNotFound(GatewayError):
+    """Raised when the identity asked for is not the caller's own (the gateway has no directory)."""
+
+
 class MethodNotAllowed(GatewayError):
     """Raised when the route exists but not for this HTTP method."""
 

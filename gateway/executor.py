@@ -21,6 +21,7 @@ from gateway.commands import (
     RevokeSession,
     SendNotification,
     SessionCommand,
+    ShowIdentity,
     ShowNotification,
     UnregisterToken,
     WriteCommand,
@@ -29,6 +30,7 @@ from gateway.errors import (
     AuthenticationNotConfigured,
     DatabaseUnavailable,
     GatewayError,
+    IdentityNotFound,
     IdentityRejected,
     Overloaded,
     RateLimited,
@@ -160,6 +162,11 @@ class Executor:
                 return None
             case ListRegistrations():
                 return await self.store.list_registrations(command)
+            case ShowIdentity():
+                # No directory of users: only the caller's own identity is known.
+                if await self.store.session_user(command.session) != command.user_id:
+                    raise IdentityNotFound()
+                return None
             case IssueNonce():
                 if self._identities is None:
                     raise AuthenticationNotConfigured()

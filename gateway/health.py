@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.errors import GatewayError
+from gateway.expect import only_continue
 from gateway.keys import DATABASE_PROBE
 from gateway.wire import Operation
 
@@ -28,8 +29,8 @@ async def health_ready(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/health/live", health_live, allow_head=False)
-    app.router.add_get("/health/ready", health_ready, allow_head=False)
+    for path, handler in (("/health/live", health_live), ("/health/ready", health_ready)):
+        app.router.add_get(path, handler, allow_head=False, expect_handler=only_continue)
 
 
 # The routes above as the OpenAPI document tells them.

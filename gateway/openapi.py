@@ -15,6 +15,7 @@ from marshmallow import Schema, fields
 
 from gateway import health
 from gateway.config import DEFAULT_LAYER_VERSIONS
+from gateway.expect import only_continue
 from gateway.keys import SETTINGS
 from gateway.observability import REQUEST_ID_HEADER, metrics
 from gateway.surfaces import internal, layer, navixy, notifications, vapid
@@ -693,4 +694,6 @@ async def serve_document(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/openapi.json", serve_document, allow_head=False)
+    app.router.add_get(
+        "/openapi.json", serve_document, allow_head=False, expect_handler=only_continue
+    )

@@ -3,12 +3,12 @@
 aiohttp answers some requests itself, before any application code runs, in
 text/plain: one its HTTP parser cannot read (an over-long line, a bad chunk
 size, a TLS handshake on the plain port; it has no hook for them,
-aio-libs/aiohttp#3287) and one whose Expect header is not 100-continue. It
-also bounds only a connection's idle time (gateway.connections). Nor does it
-take a protocol class from its public API (web.Server, AppRunner), so
-``install`` points aiohttp's web_server at ``GatewayRequestHandler`` and its
-router's default Expect handler at ours, once, where a server is started
-(``gateway serve``, the tests' fixtures), after checking that what is
+aio-libs/aiohttp#3287); a bad Expect header each route answers itself
+(gateway.expect). It also bounds only a connection's idle time
+(gateway.connections). Nor does it take a protocol class from its public API
+(web.Server, AppRunner), so ``install`` points aiohttp's web_server at
+``GatewayRequestHandler``, once, where a server is started (``gateway serve``,
+the tests' fixtures), after checking that what is
 overridden still has the signature this module was written against.
 tests/hostile/test_pinned.py pins every case.
 """
@@ -19,7 +19,7 @@ import asyncio
 import inspect
 import logging
 
-from aiohttp import hdrs, web, web_server, web_urldispatcher
+from aiohttp import web, web_server
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -64,19 +64,6 @@ class GatewayRequestHandler(GuardedRequestHandler):
         return response
 
 
-_aiohttp_expect_handler = web_urldispatcher._default_expect_handler
-
-
-async def _expect_only_continue(request: web.Request) -> web.StreamResponse | None:
-    expect = request.headers.get(hdrs.EXPECT, "")
-    if request.version >= (1, 1) and expect.lower() != "100-continue":
-        return surfaces.render_error(
-            request.path, MalformedRequest("Expect can only be 100-continue")
-        )
-    await _aiohttp_expect_handler(request)
-    return None
-
-
 # aiohttp runs each request in a task of its own whose coroutine is this
 # method, with the request as its argument: a log record finds its request
 # there, at no cost to a request that logs nothing.
@@ -115,7 +102,6 @@ EXPECTED_SIGNATURES: dict[str, tuple[object, list[str]]] = {
     ),
     "RequestHandler.data_received": (RequestHandler.data_received, ["self", "data"]),
     "RequestHandler.connection_lost": (RequestHandler.connection_lost, ["self", "exc"]),
-    "web_urldispatcher._default_expect_handler": (_aiohttp_expect_handler, ["request"]),
 }
 
 
@@ -142,7 +128,4 @@ def install() -> None:
         return
     check_aiohttp()
     web_server.RequestHandler = GatewayRequestHandler  # type: ignore[attr-defined]
-    # aiohttp types its default as returning None; a route's expect handler
-    # may return a response, which is then the answer.
-    web_urldispatcher._default_expect_handler = _expect_only_continue  # type: ignore[assignment]
     logs.find_requests_with(current_request)

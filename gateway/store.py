@@ -92,6 +92,10 @@ WHERE caller.token_sha256 = $1 AND caller.expires_at > now()
 ORDER BY r.registered_seq DESC
 """
 
+SESSION_USER = """
+SELECT user_id FROM sessions WHERE token_sha256 = $1 AND expires_at > now()
+"""
+
 PING = "SELECT 1"
 
 # For the operators' gauge, run in the background every few seconds on the
@@ -239,6 +243,17 @@ class Store:
         if not rows:
             raise SessionNotFound()
         return [dict(row) for row in rows if row["provider"] is not None]
+
+    async def session_user(self, session: SessionRef) -> str:
+        """The user a live session belongs to; SessionNotFound otherwise."""
+        with translated():
+            async with self._connection() as connection:
+                user_id: str | None = await connection.fetchval(
+                    SESSION_USER, session.token_sha256
+                )
+        if user_id is None:
+            raise SessionNotFound()
+        return user_id
 
     async def apply_writes(self, commands: Sequence[WriteCommand]) -> list[GatewayError | None]:
         """Apply a batch of writes atomically; the outcome of each, in order.

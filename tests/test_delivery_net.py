@@ -23,6 +23,7 @@ from aiohttp import web
 from gateway.config import ConfigError, Settings
 from gateway.delivery import net
 from gateway.delivery.providers import Verdict
+from gateway.netguard import is_public_ip
 from tests.fakes.tls import TestCA
 
 REFUSED = [
@@ -72,12 +73,12 @@ PUBLIC = [
 
 @pytest.mark.parametrize("address", REFUSED)
 def test_address_rule_refuses_non_global(address: str) -> None:
-    assert not net.is_public_address(ipaddress.ip_address(address))
+    assert not is_public_ip(ipaddress.ip_address(address))
 
 
 @pytest.mark.parametrize("address", PUBLIC)
 def test_address_rule_admits_global_unicast(address: str) -> None:
-    assert net.is_public_address(ipaddress.ip_address(address))
+    assert is_public_ip(ipaddress.ip_address(address))
 
 
 def test_push_resolve_parses_curl_style_entries() -> None:
@@ -290,6 +291,13 @@ async def test_a_name_with_any_private_answer_is_refused(
     backend = net.GuardedBackend({})
     with pytest.raises(net.AddressRefused):
         await backend.connect_tcp("rebind.example.com", 443)
+
+
+async def test_a_global_answer_with_a_scope_id_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The scope id was once stripped before the rule ran; the rule now refuses it.
+    _fake_dns(monkeypatch, {"scoped.example.com": ["2606:4700::1111%eth0"]})
+    with pytest.raises(net.AddressRefused):
+        await net.GuardedBackend({}).connect_tcp("scoped.example.com", 443)
 
 
 async def test_unresolvable_name_is_a_transient_failure(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -113,6 +113,59 @@ async def test_a_bad_expect_gets_a_request_id_and_keeps_the_callers(server):
     assert headers["x-request-id"] == "mine-1"
 
 
+# Each route refuses a bad Expect itself (gateway.expect), in the dialect that
+# owns its path; Layer's where none does. The last cases are paths no route
+# serves, and a served path with another method.
+EXPECT_ROUTES = [
+    ("POST", "/push_tokens", "layer"),
+    ("DELETE", "/sessions/0123", "layer"),
+    ("POST", "/v2/user/logout", "navixy"),
+    ("POST", "/user/logout/", "navixy"),
+    ("POST", "/v2/no/such/action", "navixy"),
+    ("POST", "/internal/fanout", "internal"),
+    ("POST", "/internal/notifications", "internal"),
+    ("GET", "/internal/no-such-endpoint", "internal"),
+    ("GET", "/health/live", "layer"),
+    ("GET", "/metrics", "layer"),
+    ("GET", "/openapi.json", "layer"),
+    ("GET", "/docs", "layer"),
+    ("GET", "/docs/assets/swagger-ui.css", "layer"),
+    ("GET", "/webpush/vapid-public-key", "layer"),
+    ("GET", "/no/such/path", "layer"),
+    ("POST", "/", "layer"),
+    ("GET", "/v2", "navixy"),
+    ("PUT", "/push_tokens", "layer"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "dialect"), EXPECT_ROUTES)
+async def test_every_route_refuses_a_bad_expect_in_its_dialect(server, method, path, dialect):
+    raw = (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 2\r\n"
+        "Connection: close\r\n\r\n{}"
+    ).encode()
+    answer = await exchange(server, raw)
+    status, headers = head_of(answer)
+    assert status == 400
+    assert headers["content-type"].startswith("application/json")
+    body = orjson.loads(answer.split(b"\r\n\r\n", 1)[1])
+    if dialect == "navixy":
+        assert body["success"] is False
+    elif dialect == "layer":
+        assert body["id"] == "invalid_request"
+    else:
+        assert "id" not in body and "success" not in body
+
+
+async def test_a_100_continue_expectation_gets_the_interim_answer_then_the_real_one(server):
+    raw = (
+        b"POST /v2/user/logout HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )
+    answer = await exchange(server, raw)
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 ")
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -745,64 +798,21 @@ def test_is_public_ip(address, public):
     assert is_public_ip(address) is public
 
 
+# What only one of the two former copies of the rule refused (netguard's at
+# registration, delivery.net's at connection) both now refuse.
 @pytest.mark.parametrize(
-    "host", ["localhost", "127.0.0.1", "::1", "10.0.0.1", "169.254.169.254"]
+    "address",
+    [
+        "2001:0:4136:e378:8000:63bf:f7f7:f7f7",  # Teredo whose client is 8.8.8.8
+        "64:ff9b:1:808:808::",  # NAT64 local-use
+        "fec0::1",  # site-local
+        "2606:4700::1111%eth0",  # a global address with a scope id
+    ],
 )
-async def test_ensure_public_address_refuses_names_that_lead_inside(host):
-    from gateway.netguard import NonPublicAddress, ensure_public_address
+def test_the_public_address_rule_refuses_what_either_copy_refused(address):
+    from gateway.netguard import is_public_ip
 
-    with pytest.raises(NonPublicAddress):
-        await ensure_public_address(host)
-
-
-async def test_ensure_public_address_returns_the_public_addresses():
-    from gateway.netguard import ensure_public_address
-
-    # A literal resolves without any lookup on the network.
-    assert await ensure_public_address("8.8.8.8", 443) == ["8.8.8.8"]
-
-
-async def test_the_resolver_refuses_a_name_if_any_of_its_addresses_is_not_public():
-    import socket
-
-    from aiohttp.abc import AbstractResolver, ResolveResult
-
-    from gateway.netguard import NonPublicAddress, PublicAddressResolver
-
-    class Fixed(AbstractResolver):
-        def __init__(self, *addresses: str) -> None:
-            self.addresses = addresses
-
-        async def resolve(self, host, port=0, family=socket.AF_INET) -> list[ResolveResult]:
-            return [
-                ResolveResult(hostname=host, host=a, port=port, family=family, proto=0, flags=0)
-                for a in self.addresses
-            ]
-
-        async def close(self) -> None:
-            return None
-
-    assert len(await PublicAddressResolver(Fixed("8.8.8.8")).resolve("push.example", 443)) == 1
-    for addresses in (("8.8.8.8", "127.0.0.1"), ("169.254.169.254",), ()):
-        with pytest.raises(NonPublicAddress):
-            await PublicAddressResolver(Fixed(*addresses)).resolve("push.example", 443)
-
-
-async def test_an_aiohttp_client_on_the_resolver_cannot_reach_a_loopback_server(aiohttp_server):
-    import aiohttp
-
-    from gateway.netguard import PublicAddressResolver
-
-    async def hello(request: web.Request) -> web.Response:
-        return web.Response(text="reached")
-
-    app = web.Application()
-    app.router.add_get("/", hello)
-    server = await aiohttp_server(app)
-    connector = aiohttp.TCPConnector(resolver=PublicAddressResolver())
-    async with aiohttp.ClientSession(connector=connector) as session:
-        with pytest.raises(aiohttp.ClientConnectorError):
-            await session.get(f"http://localhost:{server.port}/")
+    assert not is_public_ip(address)
 
 
 async def test_the_registrations_gauge_counts_only_live_registrations(client, new_session, db):

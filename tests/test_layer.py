@@ -654,6 +654,75 @@ async def test_layer_list_drops_a_registration_of_an_expired_or_purged_session(
 # --- sessions, endpoints, methods -----------------------------------------------------
 
 
+# --- GET /identities/:user_id --------------------------------------------------
+
+
+async def test_layer_identity_of_the_callers_own_user_is_200_layers_identity_object(
+    client, new_session, db
+):
+    token = await new_session("alice smith/1")
+    response = await client.get("/identities/alice%20smith%2F1", headers=layer_headers(token))
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    body = await response.json()
+    assert body == {
+        "id": "layer:///identities/alice%20smith%2F1",
+        "url": f"http://{response.url.host}:{response.url.port}/identities/alice%20smith%2F1",
+        "user_id": "alice smith/1",
+        "display_name": "",
+        "avatar_url": None,
+        "first_name": "",
+        "last_name": "",
+        "phone_number": "",
+        "email_address": "",
+        "public_key": "",
+        "metadata": {},
+        "type": "user",
+        "identity_type": "user",
+    }
+
+
+async def test_layer_identity_is_also_served_where_web_xdk_asks_for_it_over_http(
+    client, new_session, db
+):
+    token = await new_session("alice")
+    path = "/http://127.0.0.1:9999/identities/alice"
+    response = await client.get(path, headers=layer_headers(token))
+    assert response.status == 200
+    assert (await response.json())["user_id"] == "alice"
+
+
+async def test_layer_identity_of_another_user_is_404_not_found(client, new_session, db):
+    await new_session("bob")
+    token = await new_session("alice")
+    response = await client.get("/identities/bob", headers=layer_headers(token))
+    await layer_error(response, 404, 102, "not_found")
+
+
+@pytest.mark.parametrize("session", ["none", "unknown", "ended"])
+async def test_layer_identity_without_a_live_session_is_401(client, new_session, db, session):
+    token = await new_session("alice")
+    if session == "ended":
+        assert (await client.delete(f"/sessions/{token}", headers=layer_headers())).status == 204
+    presented = {"none": None, "unknown": random_hash(), "ended": token}[session]
+    response = await client.get("/identities/alice", headers=layer_headers(presented))
+    await layer_error(response, 401, 4, "authentication_required")
+
+
+async def test_layer_identity_without_the_layer_accept_is_406(client, new_session, db):
+    token = await new_session("alice")
+    headers = layer_headers(token, accept="application/json")
+    response = await client.get("/identities/alice", headers=headers)
+    await layer_error(response, 406, 107, "invalid_header", {"header": "Accept"})
+
+
+@pytest.mark.parametrize("method", ["POST", "DELETE", "PATCH"])
+async def test_layer_identity_with_another_method_is_405(client, new_session, db, method):
+    token = await new_session("alice")
+    response = await client.request(method, "/identities/alice", headers=layer_headers(token))
+    await layer_error(response, 405, 109, "method_not_allowed")
+
+
 async def test_layer_delete_session_is_204_then_401_and_its_registrations_are_gone(
     client, new_session, db
 ):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiohttp import web_server
+from aiohttp import web_server, web_urldispatcher
 
 from gateway import protocol
 
@@ -24,3 +24,9 @@ def test_a_changed_aiohttp_signature_stops_the_start_naming_it():
     signatures["RequestHandler.handle_error"] = (handle_error, expected)
     with pytest.raises(RuntimeError, match=r"RequestHandler\.handle_error\("):
         protocol.check_aiohttp(signatures)
+
+
+def test_install_leaves_aiohttps_expect_handler_alone():
+    # Each route answers a bad Expect itself (gateway.expect); nothing else is patched.
+    protocol.install()
+    assert web_urldispatcher._default_expect_handler.__module__ == "aiohttp.web_urldispatcher"

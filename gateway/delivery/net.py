@@ -15,10 +15,7 @@ origin's host as SNI and ``check_hostname`` stays on).
 host:port connects to its configured addresses whatever they are (staging,
 tests), and each client logs its pins when it is built.
 
-The address rule uses Python's ``ipaddress`` (``is_global`` plus explicit
-checks, and the IPv4 address embedded in mapped, NAT64 and 6to4 forms). The
-registration-time endpoint rules (gateway/validation.py) may grow their own
-helper; the two are meant to become one.
+The address rule is gateway.netguard's ``is_public_ip``, its one home.
 """
 
 from __future__ import annotations
@@ -38,41 +35,9 @@ import httpx
 
 from gateway.config import Settings
 from gateway.delivery.providers import Outcome, Verdict
+from gateway.netguard import is_public_ip
 
 log = logging.getLogger("gateway.delivery.net")
-
-# NAT64 (RFC 6052): behind the well-known /96 prefix the last 32 bits are the
-# IPv4 address a NAT64 gateway would connect to. The local-use prefix (RFC 8215)
-# carries it elsewhere and only ever leads inside a network: always refused.
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
-
-
-def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """True when a push may connect to ``address``: globally routable unicast.
-
-    Refuses private, loopback, link-local, multicast, reserved, unspecified,
-    shared (100.64/10), documentation and benchmark ranges, and IPv6 forms
-    that carry one of those IPv4 addresses (``::ffff:127.0.0.1``,
-    ``64:ff9b::a00:1``, ``2002:a00:1::``).
-    """
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour
-        if embedded is None and address in _NAT64:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is not None:
-            return is_public_address(embedded)
-        if address in _NAT64_LOCAL or address.teredo is not None or address.is_site_local:
-            return False
-    return address.is_global and not (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
-    )
-
 
 class AddressRefused(httpcore.ConnectError):
     """The push host resolved to an address a send must not reach."""
@@ -109,9 +74,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
                 )
             except (OSError, UnicodeError) as exc:
                 raise httpcore.ConnectError(f"cannot resolve {name}: {exc}") from exc
-            # scope ids (fe80::1%eth0) are not part of the address rule
-            candidates = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-        refused = [str(a) for a in candidates if not is_public_address(a)]
+            # A scope id (fe80::1%eth0) stays on: the rule refuses it.
+            candidates = [ipaddress.ip_address(str(info[4][0])) for info in infos]
+        refused = [str(a) for a in candidates if not is_public_ip(a)]
         if refused or not candidates:
             # One bad answer refuses the host: a name that resolves to both a
             # public and a private address is how a rebinding attack starts.

@@ -184,8 +184,20 @@ def route_of(request: BaseRequest) -> str:
     # its HTTP parser) a web.Request that was never routed.
     if not isinstance(request, web.Request) or request.get(UNROUTED, False):
         return UNMATCHED_ROUTE
-    resource = request.match_info.route.resource
+    resource = routed_resource(request)
     return resource.canonical if resource is not None else UNMATCHED_ROUTE
+
+
+def routed_resource(request: web.Request) -> web.AbstractResource | None:
+    """The resource that matched ``request``; None when none did, or only the catch-all.
+
+    The catch-all that answers every path no surface routes is named
+    UNMATCHED_ROUTE: its requests are labelled as unmatched ones.
+    """
+    resource = request.match_info.route.resource
+    if resource is None or resource.name == UNMATCHED_ROUTE:
+        return None
+    return resource
 
 
 class AccessLogger(AbstractAccessLogger):

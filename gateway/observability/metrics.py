@@ -22,8 +22,9 @@ from prometheus_client.utils import floatToGoString
 from gateway.bearer import bearer_matches, key_digest
 from gateway.commands import Provider
 from gateway.errors import GatewayError
+from gateway.expect import only_continue
 from gateway.keys import DATABASE_PROBE, INTERNAL_PROBE, SETTINGS
-from gateway.observability.logs import Observation, route_of
+from gateway.observability.logs import Observation, route_of, routed_resource
 from gateway.probes import DatabaseProbe
 from gateway.wire import Operation
 
@@ -163,7 +164,7 @@ class Metrics:
         self._rendered: tuple[float, bytes] | None = None
 
     def observe_request(self, request: web.Request, status: int, seconds: float) -> None:
-        resource = request.match_info.route.resource
+        resource = routed_resource(request)
         # Unmatched requests share one route label; their path still says
         # whose error they got.
         key: Hashable = (
@@ -274,7 +275,7 @@ def setup(app: web.Application, dialect_at: Callable[[str], str]) -> None:
     # After the database lifecycle in cleanup_ctx: it counts through the probe
     # that makes (a KeyError at start-up otherwise).
     app.cleanup_ctx.append(_recount_registrations)
-    app.router.add_get("/metrics", serve_metrics, allow_head=False)
+    app.router.add_get("/metrics", serve_metrics, allow_head=False, expect_handler=only_continue)
 
 
 # The route above as the OpenAPI document tells it.

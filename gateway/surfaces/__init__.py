@@ -30,7 +30,7 @@ def _layer_owns(path: str) -> bool:
 
 # The paths the metrics label as Layer's; Layer also answers every error no
 # other surface owns, as the dialect of the root.
-LAYER_PREFIXES = ("/push_tokens", "/sessions/")
+LAYER_PREFIXES = ("/push_tokens", "/sessions/", "/identities/")
 
 INTERNAL = Surface("internal", internal.owns, internal.render_error)
 NAVIXY = Surface("navixy", navixy.owns, navixy.render_error)

@@ -41,6 +41,7 @@ from gateway.errors import (
     SessionNotFound,
     UnknownEndpoint,
 )
+from gateway.expect import only_continue
 from gateway.keys import EXECUTOR, SETTINGS
 from gateway.parsing import Text, identifier, load, one_of, read_json_object
 from gateway.wire import (
@@ -474,8 +475,10 @@ def setup_routes(app: web.Application) -> None:
     if settings.admin_token is not None:
         app[ADMIN_KEY_DIGEST] = key_digest(settings.admin_token)
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, admin_only(handler))
-    app.router.add_route("*", PREFIX + "{tail:(/.*)?}", admin_only(unknown_endpoint))
+        app.router.add_route(method, path, admin_only(handler), expect_handler=only_continue)
+    app.router.add_route(
+        "*", PREFIX + "{tail:(/.*)?}", admin_only(unknown_endpoint), expect_handler=only_continue
+    )
 
 
 def owns(path: str) -> bool:

@@ -6,6 +6,7 @@ import functools
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from marshmallow import EXCLUDE, Schema, ValidationError, post_load
@@ -19,6 +20,7 @@ from gateway.commands import (
     Provider,
     RegisterToken,
     SessionRef,
+    ShowIdentity,
     UnregisterToken,
 )
 from gateway.errors import (
@@ -26,6 +28,7 @@ from gateway.errors import (
     DatabaseError,
     DatabaseUnavailable,
     GatewayError,
+    IdentityNotFound,
     IdentityRejected,
     InvalidParameters,
     MalformedRequest,
@@ -39,7 +42,9 @@ from gateway.errors import (
     SessionNotFound,
     UnknownEndpoint,
 )
+from gateway.expect import only_continue
 from gateway.keys import EXECUTOR, SETTINGS
+from gateway.observability.logs import UNMATCHED_ROUTE
 from gateway.parsing import Text, identifier, load, one_of, read_json_object, rule
 from gateway.wire import (
     SESSION_TOKEN_PATTERN,
@@ -239,6 +244,36 @@ async def list_push_tokens(request: web.Request) -> web.Response:
     return json_response(200, [_registration(row) for row in rows])
 
 
+def _identity(request: web.Request, user_id: str) -> dict[str, Any]:
+    """Layer's identity object, as the SDKs read their own user's: what the
+    gateway knows is the user id; the rest is empty. ``metadata`` makes it a
+    full identity to them, and they call ``url`` from then on."""
+    path = "/identities/" + quote(user_id, safe="")
+    return {
+        "id": "layer:///identities/" + quote(user_id, safe=""),
+        "url": str(request.url.origin().with_path(path, encoded=True)),
+        "user_id": user_id,
+        "display_name": "",
+        "avatar_url": None,
+        "first_name": "",
+        "last_name": "",
+        "phone_number": "",
+        "email_address": "",
+        "public_key": "",
+        "metadata": {},
+        "type": "user",
+        "identity_type": "user",
+    }
+
+
+@_route
+async def show_identity(request: web.Request) -> web.Response:
+    session = _session(request)
+    user_id = request.match_info["user_id"]
+    await request.app[EXECUTOR].execute(ShowIdentity(session, user_id))
+    return json_response(200, _identity(request, user_id))
+
+
 @_route
 async def end_session(request: web.Request) -> web.Response:
     session = session_from_token(request.match_info["session_token"])
@@ -262,17 +297,68 @@ async def log_in(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_post("/nonces", issue_nonce)
-    app.router.add_post("/sessions", log_in)
-    app.router.add_post("/push_tokens", register_push_token)
-    app.router.add_get("/push_tokens", list_push_tokens, allow_head=False)
+    add = functools.partial(app.router.add_route, expect_handler=only_continue)
+    add("POST", "/nonces", issue_nonce)
+    add("POST", "/sessions", log_in)
+    add("POST", "/push_tokens", register_push_token)
+    add("GET", "/push_tokens", list_push_tokens)
     # [\s\S], not '.': a device id with a newline is a bad property (422), not an unknown path.
-    app.router.add_delete(r"/push_tokens/{device_id:[\s\S]+}", unregister_push_token)
-    app.router.add_delete("/sessions/{session_token}", end_session)
+    add("DELETE", r"/push_tokens/{device_id:[\s\S]+}", unregister_push_token)
+    add("DELETE", "/sessions/{session_token}", end_session)
+    add("GET", "/identities/{user_id}", show_identity)
+    # web-xdk 4.0.6 puts its URL before the identity's own when that is not
+    # https (its check is /^http(s):/): /http://host:port/identities/<user>.
+    add("GET", "/{origin:https?:/+[^/]+}/identities/{user_id}", show_identity)
+
+
+async def unrouted(request: web.Request) -> web.StreamResponse:
+    # As aiohttp's router answers where no route matches: 405 where another
+    # route has the path, else 404.
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
+def setup_catch_all(app: web.Application) -> None:
+    """Every path no other route serves: even there a bad Expect gets a dialect's error.
+
+    Added after every other route; named so that logs and metrics label its
+    requests as unmatched.
+    """
+    app.router.add_route(
+        "*", "/{path:.*}", unrouted, name=UNMATCHED_ROUTE, expect_handler=only_continue
+    )
 
 
 # The routes above as the OpenAPI document tells them; every one also takes
 # the Accept header and answers LayerError with the statuses named.
+_TEXT: dict[str, Any] = {"type": "string"}
+# What show_identity answers, as the document tells it.
+_IDENTITY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "url", "user_id", "metadata"],
+    "properties": {
+        "id": {"type": "string", "example": "layer:///identities/alice"},
+        "url": {"type": "string", "format": "uri"},
+        "user_id": _TEXT,
+        "display_name": _TEXT,
+        "avatar_url": {"type": ["string", "null"]},
+        "first_name": _TEXT,
+        "last_name": _TEXT,
+        "phone_number": _TEXT,
+        "email_address": _TEXT,
+        "public_key": _TEXT,
+        "metadata": {"type": "object"},
+        "type": {"type": "string", "enum": ["user"]},
+        "identity_type": {"type": "string", "enum": ["user"]},
+    },
+}
+
+
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "post", "/push_tokens", "layer_register_push_token",
@@ -335,6 +421,19 @@ OPERATIONS: tuple[Operation, ...] = (
         path_parameters=(("session_token", {"type": "string", "pattern": SESSION_TOKEN_PATTERN}),),
         authenticated=False,
     ),
+    Operation(
+        "get", "/identities/{user_id}", "layer_show_identity",
+        "The identity of the session's own user, as the SDKs load it",
+        200, "Layer's identity object", _IDENTITY_SCHEMA,
+        errors=(401, 404, 406, 429, 500, 503),
+        description=(
+            "Only the caller's own user is known (the gateway keeps no directory):"
+            " any other user_id is 404 not_found. Besides the ids, every field is"
+            " empty. web-xdk 4.0.6 asks for it at `/{its url}/identities/{user_id}`"
+            " when its URL is not https; that path is served too."
+        ),
+        path_parameters=(("user_id", {"type": "string"}),),
+    ),
 )
 
 
@@ -374,6 +473,7 @@ ERRORS: ErrorTable = (
     ),
     ErrorRow(NotAcceptable, 406, 107, f"Accept must be {MEDIA_TYPE}", "invalid_header", Detail.OWN),
     ErrorRow(UnknownEndpoint, 404, 106, "There is no such endpoint", "invalid_endpoint"),
+    ErrorRow(IdentityNotFound, 404, 102, "There is no such identity", "not_found"),
     ErrorRow(MethodNotAllowed, 405, 109, "This method is not allowed here", "method_not_allowed"),
     ErrorRow(
         RequestTooLarge, 413, 10, "The request body is too large", "invalid_request", Detail.OWN

@@ -37,6 +37,7 @@ from gateway.errors import (
     SessionNotFound,
     UnknownEndpoint,
 )
+from gateway.expect import only_continue
 from gateway.keys import EXECUTOR, SETTINGS
 from gateway.parsing import (
     REPEATED,
@@ -307,11 +308,11 @@ def setup_routes(app: web.Application) -> None:
     for prefix in PREFIXES:
         for action, handler in ACTIONS.items():
             for path in (f"{prefix}/{action}", f"{prefix}/{action}/"):
-                app.router.add_get(path, handler, allow_head=False)
-                app.router.add_post(path, handler)
-    app.router.add_route("*", "/v2/{action:.*}", unknown_action)
+                app.router.add_get(path, handler, allow_head=False, expect_handler=only_continue)
+                app.router.add_post(path, handler, expect_handler=only_continue)
+    app.router.add_route("*", "/v2/{action:.*}", unknown_action, expect_handler=only_continue)
     # The captured action keeps its "user/" so a known action is recognised without /v2 too.
-    app.router.add_route("*", "/{action:user/.*}", unknown_action)
+    app.router.add_route("*", "/{action:user/.*}", unknown_action, expect_handler=only_continue)
 
 
 def owns(path: str) -> bool:

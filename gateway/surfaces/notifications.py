@@ -28,6 +28,7 @@ from gateway.commands import (
 from gateway.delivery import apns, fcm, webpush
 from gateway.delivery.providers import Push
 from gateway.errors import InvalidParameters, Problem
+from gateway.expect import only_continue
 from gateway.keys import EXECUTOR, SETTINGS
 from gateway.parsing import Text, load, one_of, read_json_object, rule
 from gateway.store import NotificationProgress
@@ -409,4 +410,4 @@ def setup_routes(app: web.Application) -> None:
     """Before the internal API's own routes, whose catch-all would otherwise answer these."""
     app[NOTIFICATION_SCHEMA] = NotificationSchema(app[SETTINGS].categories)
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, admin_only(handler))
+        app.router.add_route(method, path, admin_only(handler), expect_handler=only_continue)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from gateway.expect import only_continue
 from gateway.keys import SETTINGS
 from gateway.wire import Operation
 
@@ -39,7 +40,7 @@ def setup_routes(app: web.Application) -> None:
             body=body, status=status, content_type="application/json", headers=headers
         )
 
-    app.router.add_get(PATH, vapid_public_key, allow_head=False)
+    app.router.add_get(PATH, vapid_public_key, allow_head=False, expect_handler=only_continue)
 
 
 # The route above as the OpenAPI document tells it.

@@ -158,13 +158,21 @@ async function main() {
   // The test has ended the session behind the SDK's back: the next call is
   // refused with 401, whose data.nonce starts the SDK's challenge again.
   const reauthenticated = new Promise((resolve) => client.once('authenticated', resolve));
+  // ready comes once the SDK has loaded its user again (GET /identities/<user>);
+  // the bound only ever elapses when it does not come.
+  const readyAgain = Promise.race([
+    new Promise((resolve) => client.once('ready', () => resolve(true))),
+    new Promise((resolve) => setTimeout(() => resolve(false), 15000).unref()),
+  ]);
   const refused = await pushCall((done) => client.registerAndroidPushToken(config.android, done))
     .then(() => null, (err) => err.message);
   if (!refused) throw new Error('a call on an ended session was not refused');
   await reauthenticated;
   await pushCall((done) => client.registerAndroidPushToken(config.android, done));
+  const readied = await readyAgain;
   emit('reauthenticated', {
-    session_token: client.sessionToken, challenges, refused, sdk_errors: sdkErrors,
+    session_token: client.sessionToken, challenges, refused, ready_again: readied,
+    sdk_errors: sdkErrors,
   });
   await proceed();
 
