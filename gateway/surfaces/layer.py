@@ -142,17 +142,30 @@ def _accepted(versions: frozenset[str]) -> str:
     return " or ".join(f"{MEDIA_TYPE}; version={v}" for v in sorted(versions))
 
 
-def _check_accept(request: web.Request) -> None:
-    versions = request.app[SETTINGS].layer_versions
-    for media_range in request.headers.get("Accept", "").split(","):
+# A keep-alive client sends the same few header strings on every request, and
+# both verdicts below are pure functions of them: a small LRU per process
+# saves the parse (and the SHA-256) each time. Bounded, so a client varying
+# its headers costs the parse, never memory.
+HEADER_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
+def _acceptable(accept: str, versions: frozenset[str]) -> bool:
+    for media_range in accept.split(","):
         media_type, *parameters = media_range.split(";")
         if media_type.strip().lower() != MEDIA_TYPE:
             continue
         for parameter in parameters:
             name, _, value = parameter.partition("=")
             if name.strip().lower() == "version" and value.strip().strip('"') in versions:
-                return
-    raise NotAcceptable(f"Accept must be {_accepted(versions)}")
+                return True
+    return False
+
+
+def _check_accept(request: web.Request) -> None:
+    versions = request.app[SETTINGS].layer_versions
+    if not _acceptable(request.headers.get("Accept", ""), versions):
+        raise NotAcceptable(f"Accept must be {_accepted(versions)}")
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -181,12 +194,22 @@ def _route(handler: Handler) -> Handler:
     return serve
 
 
-def _session(request: web.Request) -> SessionRef:
-    match = _AUTHORIZATION.fullmatch(request.headers.get("Authorization", ""))
+# The cache holds Authorization values, i.e. session tokens, in this process's
+# memory (as each request does while it runs); only their digests leave it.
+@functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
+def _session_of(authorization: str) -> SessionRef | None:
+    match = _AUTHORIZATION.fullmatch(authorization)
     token = (match.group(1) or match.group(2)) if match else None
     if token is None or not _SESSION_TOKEN.fullmatch(token):
-        raise MissingCredentials()
+        return None
     return SessionRef.from_token(token.lower())
+
+
+def _session(request: web.Request) -> SessionRef:
+    session = _session_of(request.headers.get("Authorization", ""))
+    if session is None:
+        raise MissingCredentials()
+    return session
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -189,8 +190,19 @@ def _session(request: web.Request, parameters: dict[str, Any]) -> SessionRef:
             value = match.group(1) if match else None
             if value is None:
                 raise MissingCredentials()
-    if not isinstance(value, str) or not _HASH.fullmatch(value):
+    session = _session_of(value) if isinstance(value, str) else None
+    if session is None:
         raise MissingCredentials()
+    return session
+
+
+# A client sends the same hash on every request: its digest is a pure function
+# of it, kept in a small LRU per process (the hashes stay in this process's
+# memory, as each request's do while it runs).
+@functools.lru_cache(maxsize=4096)
+def _session_of(value: str) -> SessionRef | None:
+    if not _HASH.fullmatch(value):
+        return None
     return SessionRef.from_token(value.lower())
 
 
