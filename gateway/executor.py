@@ -13,6 +13,7 @@ from gateway.commands import (
     ListRegistrations,
     LogIn,
     RegisterToken,
+    SessionRef,
     UnregisterToken,
     WriteCommand,
 )
@@ -128,7 +129,21 @@ class Executor:
         """The group-commit writer, for gateway.observability to watch."""
         return self._writer
 
-    async def execute(self, command: Command | Handshake) -> Any:
+    def admit(self, session: SessionRef) -> SessionRef:
+        """Charge the session's rate limit now, before the request's body is read.
+
+        A surface that knows the session from the head alone calls this first,
+        so a refused request costs no body parsing and no validation, and
+        passes the result to :meth:`execute` as ``admitted``.
+        """
+        if not self._limiter.allow(session.token_sha256):
+            raise RateLimited()
+        return session
+
+    async def execute(
+        self, command: Command | Handshake, *, admitted: SessionRef | None = None
+    ) -> Any:
+        """Run ``command``; its session is charged unless it is the one ``admitted``."""
         match command:
             case IssueNonce():
                 if self._identities is None:
@@ -136,8 +151,8 @@ class Executor:
                 return await self.store.issue_nonce()
             case LogIn():
                 return await self._log_in(command)
-        if not self._limiter.allow(command.session.token_sha256):
-            raise RateLimited()
+        if command.session != admitted:
+            self.admit(command.session)
         match command:
             case RegisterToken() | UnregisterToken():
                 await self._writer.submit(command)

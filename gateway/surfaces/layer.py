@@ -218,10 +218,12 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
 
 @_route
 async def register_push_token(request: web.Request) -> web.Response:
-    session = _session(request)
+    executor = request.app[EXECUTOR]
+    # Refused before the body is read: a flood costs no parsing.
+    session = executor.admit(_session(request))
     body = await _json_object(request)
     body[SESSION_KEY] = session
-    await request.app[EXECUTOR].execute(load(REGISTER_SCHEMA, body))
+    await executor.execute(load(REGISTER_SCHEMA, body), admitted=session)
     return web.Response(status=202)
 
 
