@@ -471,10 +471,8 @@ class Store:
             raise translate(exc) from exc
         return OpenedSession(token, expires_at)
 
-    async def find_targets(
-        self, query: FindTargets
-    ) -> AsyncGenerator[list[asyncpg.Record], None]:
-        """The fan-out's targets in batches, read through a server-side cursor.
+    async def find_targets(self, query: FindTargets) -> AsyncGenerator[list[bytes], None]:
+        """The fan-out's targets in batches of NDJSON lines, read through a server-side cursor.
 
         However large the audience, only one batch is in memory at a time. The
         caller must close the generator when it stops early
@@ -486,7 +484,7 @@ class Store:
             async with self._connection() as connection, connection.transaction(readonly=True):
                 cursor = await connection.cursor(FIND_TARGETS, list(query.users), query.category)
                 while batch := await cursor.fetch(TARGETS_BATCH):
-                    yield batch
+                    yield [row[0] for row in batch]
         except DATABASE_FAILURES as exc:
             raise translate(exc) from exc
 
@@ -588,9 +586,20 @@ RETURNING expires_at
 # 'a,b' or '-a,b'; category names hold no commas) in the query, so rows the
 # sender will not use never leave the database. Same semantics as
 # validation.category_filter_admits.
+#
+# Each row is its target's NDJSON line, written by PostgreSQL's JSON encoder
+# (row_to_json: compact, keys in this order) and sent as bytea, so the gateway
+# passes the bytes through: no record decoded into Python objects and encoded
+# again. Measured on 1,000,000 registrations (bench/fanout.py): see the README.
 FIND_TARGETS = """
-SELECT r.user_id, r.provider, r.token, r.apns_bundle_id, r.gcm_sender_id, r.ios_version,
-       r.webpush_p256dh, r.webpush_auth, r.device_id
+SELECT convert_to(row_to_json(target)::text || E'\\n', 'UTF8')
+FROM (
+SELECT r.user_id AS "user", r.provider, r.token, r.apns_bundle_id, r.gcm_sender_id,
+       r.ios_version,
+       CASE WHEN r.webpush_p256dh IS NOT NULL
+            THEN json_build_object('p256dh', r.webpush_p256dh, 'auth', r.webpush_auth)
+       END AS webpush,
+       r.device_id
 FROM unnest($1::text[]) AS audience(user_id)
 JOIN registrations AS r ON r.user_id = audience.user_id
 JOIN sessions AS s ON s.id = r.session_id AND s.expires_at > now()
@@ -599,6 +608,7 @@ WHERE r.category_filter = '*'
        AND $2::text = ANY(string_to_array(r.category_filter, ',')))
    OR (left(r.category_filter, 1) = '-'
        AND $2::text <> ALL(string_to_array(substr(r.category_filter, 2), ',')))
+) AS target
 """
 
 # One statement on the (provider, token) unique index; a token listed twice is

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -330,23 +329,6 @@ def _admin_only(handler: Handler) -> Handler:
 # ------------------------------------------------------------------ handlers
 
 
-def _target(row: asyncpg.Record) -> bytes:
-    p256dh = row["webpush_p256dh"]
-    return orjson.dumps(
-        {
-            "user": row["user_id"],
-            "provider": row["provider"],
-            "token": row["token"],
-            "apns_bundle_id": row["apns_bundle_id"],
-            "gcm_sender_id": row["gcm_sender_id"],
-            "ios_version": row["ios_version"],
-            "webpush": None if p256dh is None else {"p256dh": p256dh, "auth": row["webpush_auth"]},
-            "device_id": row["device_id"],
-        },
-        option=orjson.OPT_APPEND_NEWLINE,
-    )
-
-
 def _cut(request: web.Request) -> None:
     """End a chunked answer without its last chunk, so the sender sees it is incomplete."""
     if request.transport is not None:
@@ -378,14 +360,13 @@ async def find_targets(request: web.Request) -> web.StreamResponse:
     async with contextlib.aclosing(store.find_targets(query)) as batches:
         # A failure before the first batch still gets an error status; after
         # the status has gone out, cutting the connection is the only signal.
-        batch: list[asyncpg.Record] = await anext(batches, [])
+        batch: list[bytes] = await anext(batches, [])
         await response.prepare(request)
         try:
             pending: list[bytes] = []
             size = 0
             while batch:
-                for row in batch:
-                    line = _target(row)
+                for line in batch:
                     pending.append(line)
                     size += len(line)
                     if size >= WRITE_CHUNK_BYTES:
