@@ -482,7 +482,9 @@ class Store:
             return
         try:
             async with self._connection() as connection, connection.transaction(readonly=True):
-                cursor = await connection.cursor(FIND_TARGETS, list(query.users), query.category)
+                cursor = await connection.cursor(
+                    FIND_TARGET_LINES, list(query.users), query.category
+                )
                 while batch := await cursor.fetch(TARGETS_BATCH):
                     yield [row[0] for row in batch]
         except DATABASE_FAILURES as exc:
@@ -586,20 +588,10 @@ RETURNING expires_at
 # 'a,b' or '-a,b'; category names hold no commas) in the query, so rows the
 # sender will not use never leave the database. Same semantics as
 # validation.category_filter_admits.
-#
-# Each row is its target's NDJSON line, written by PostgreSQL's JSON encoder
-# (row_to_json: compact, keys in this order) and sent as bytea, so the gateway
-# passes the bytes through: no record decoded into Python objects and encoded
-# again. Measured on 1,000,000 registrations (bench/fanout.py): see the README.
+
 FIND_TARGETS = """
-SELECT convert_to(row_to_json(target)::text || E'\\n', 'UTF8')
-FROM (
-SELECT r.user_id AS "user", r.provider, r.token, r.apns_bundle_id, r.gcm_sender_id,
-       r.ios_version,
-       CASE WHEN r.webpush_p256dh IS NOT NULL
-            THEN json_build_object('p256dh', r.webpush_p256dh, 'auth', r.webpush_auth)
-       END AS webpush,
-       r.device_id
+SELECT r.user_id, r.provider, r.token, r.apns_bundle_id, r.gcm_sender_id, r.ios_version,
+       r.webpush_p256dh, r.webpush_auth, r.device_id
 FROM unnest($1::text[]) AS audience(user_id)
 JOIN registrations AS r ON r.user_id = audience.user_id
 JOIN sessions AS s ON s.id = r.session_id AND s.expires_at > now()
@@ -608,7 +600,6 @@ WHERE r.category_filter = '*'
        AND $2::text = ANY(string_to_array(r.category_filter, ',')))
    OR (left(r.category_filter, 1) = '-'
        AND $2::text <> ALL(string_to_array(substr(r.category_filter, 2), ',')))
-) AS target
 """
 
 # One statement on the (provider, token) unique index; a token listed twice is
@@ -668,3 +659,22 @@ INSERT INTO sessions (token_sha256, user_id, expires_at)
 SELECT $2, $3, now() + make_interval(secs => $4) FROM used
 RETURNING expires_at
 """
+
+
+# ------------------------------------------------------ the fan-out's answer, as bytes
+
+# Each target's NDJSON line, written by PostgreSQL's JSON encoder (row_to_json:
+# compact, keys in this order) and sent as bytea, so the gateway passes the
+# bytes through: no row is decoded into Python objects and encoded again.
+FIND_TARGET_LINES = f"""
+SELECT convert_to(row_to_json(target)::text || E'\\n', 'UTF8')
+FROM (
+    SELECT t.user_id AS "user", t.provider, t.token, t.apns_bundle_id, t.gcm_sender_id,
+           t.ios_version,
+           CASE WHEN t.webpush_p256dh IS NOT NULL
+                THEN json_build_object('p256dh', t.webpush_p256dh, 'auth', t.webpush_auth)
+           END AS webpush,
+           t.device_id
+    FROM ({FIND_TARGETS}) AS t
+) AS target
+"""  # noqa: S608
