@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test stress lint bench clean
+.PHONY: help install run migrate test stress lint bench bench-delivery clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -42,17 +42,22 @@ test: $(INSTALLED) $(SDK_HARNESS) ## run the test suite on a throwaway database
 # killed under load, a flood past its write queue; and the abuse that must not
 # starve the writes (tests/test_abuse.py).
 stress: $(INSTALLED) ## only the fault-tolerance tests with real processes; prints the figures
-	$(PY) -m pytest -m stress tests/test_faults.py tests/test_abuse.py
+	$(PY) -m pytest -m stress tests/test_faults.py tests/test_abuse.py tests/test_delivery_crash.py
 
 # bench's scripts import each other as top-level modules (they run with bench/ on the
-# path), so mypy checks them in a run of their own.
+# path), so mypy checks them in a run of their own; bench/delivery.py imports the
+# gateway and tests packages instead, so the first run (setup.cfg's files) checks it.
 lint: $(INSTALLED) ## ruff and mypy
 	$(VENV)/bin/ruff check gateway tests bench
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy bench
+	$(VENV)/bin/mypy bench --exclude bench/delivery.py
 
 bench: $(INSTALLED) ## load-test the gateway against bare aiohttp with wrk (bench/README.md)
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-delivery: $(INSTALLED) ## one notification to 100,000 APNs targets and a mixed one, against the fakes (needs h2load)
+	@command -v h2load >/dev/null || echo "h2load missing: apt-get install -y nghttp2-client (the ceiling run is skipped)"
+	$(PY) bench/delivery.py --json bench/results/delivery.json $(BENCH_ARGS)
 
 clean: ## remove .venv and the embedded database
 	rm -rf $(VENV) .data

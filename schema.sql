@@ -212,3 +212,78 @@ CREATE TABLE IF NOT EXISTS layer_nonces (
 );
 
 CREATE INDEX IF NOT EXISTS layer_nonces_expires_at ON layer_nonces (expires_at);
+-- ---------------------------------------------------------------- delivery
+-- A notification and one delivery row per target, written in one transaction
+-- by POST /internal/v1/notifications; delivery workers on any host claim due
+-- rows with FOR UPDATE SKIP LOCKED under a lease (gateway/delivery/worker.py).
+
+CREATE TABLE IF NOT EXISTS notifications (
+    id              uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    -- A retried POST with the same key gets this notification back; the body's
+    -- digest tells a retry from a different message reusing the key.
+    idempotency_key text        UNIQUE CHECK (idempotency_key <> ''),
+    request_sha256  bytea,
+    audience        jsonb       NOT NULL,
+    category        text        NOT NULL,
+    -- json, not jsonb: the Web Push plaintext is the override exactly as sent,
+    -- its keys in their order.
+    message         json        NOT NULL,
+    overrides       json        NOT NULL DEFAULT '{}',
+    ttl_seconds     integer     NOT NULL CHECK (ttl_seconds > 0),
+    expires_at      timestamptz NOT NULL,
+    priority        text        NOT NULL CHECK (priority IN ('high', 'normal')),
+    collapse_key    text,
+    targets         integer     NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS deliveries (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    notification_id uuid        NOT NULL REFERENCES notifications (id) ON DELETE CASCADE,
+    -- Copied from the registration at enqueue: a delivery goes to the token as it
+    -- was when the message was sent, and outlives the registration's changes.
+    user_id         text        NOT NULL,
+    provider        text        NOT NULL CHECK (provider IN ('apns', 'fcm', 'webpush')),
+    token           text        NOT NULL,
+    apns_bundle_id  text,
+    gcm_sender_id   text,
+    webpush_p256dh  text,
+    webpush_auth    text,
+    -- The notification's, copied so that claiming needs no join.
+    expires_at      timestamptz NOT NULL,
+    state           text        NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'delivered', 'failed', 'pruned', 'expired')),
+    attempts        integer     NOT NULL DEFAULT 0,
+    -- When the row is next due: a retry's time, or a claimed row's lease end,
+    -- so that a row whose worker died is due again when its lease ends.
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    lease_owner     text,
+    -- A new value per claim: an outcome is recorded only under the lease it was
+    -- claimed with, so a stale worker cannot overwrite a newer attempt.
+    lease_id        uuid,
+    lease_until     timestamptz,
+    last_status     integer,
+    last_error      text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    finished_at     timestamptz
+);
+
+-- Claiming: the due pending rows of one provider, oldest first.
+CREATE INDEX IF NOT EXISTS deliveries_due
+    ON deliveries (provider, next_attempt_at) WHERE state = 'pending';
+-- A notification's counts, and paging through its deliveries of one outcome.
+CREATE INDEX IF NOT EXISTS deliveries_notification
+    ON deliveries (notification_id, state, id);
+-- The retention purge.
+CREATE INDEX IF NOT EXISTS deliveries_delivered_at
+    ON deliveries (finished_at) WHERE state = 'delivered';
+
+-- Delivered rows purged after the retention period, counted here so that a
+-- notification's counts stay exact.
+CREATE TABLE IF NOT EXISTS notification_purged (
+    notification_id uuid   NOT NULL REFERENCES notifications (id) ON DELETE CASCADE,
+    provider        text   NOT NULL,
+    delivered       bigint NOT NULL,
+    PRIMARY KEY (notification_id, provider)
+);

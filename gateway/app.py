@@ -13,6 +13,7 @@ from aiohttp.web_protocol import RequestHandler
 from gateway import docs, observability, openapi
 from gateway.config import Settings
 from gateway.connections import CONNECTION_LIMITS, ConnectionLimits, guard_connections
+from gateway.delivery.worker import delivery_ctx
 from gateway.errors import (
     GatewayError,
     InternalError,
@@ -26,7 +27,7 @@ from gateway.keys import EXECUTOR, INTERNAL_STORE, RATE_LIMITER, SETTINGS
 from gateway.layer_auth import identity_verifier
 from gateway.ratelimit import RateLimiter
 from gateway.store import Store, create_pool
-from gateway.surfaces import internal, layer, navixy
+from gateway.surfaces import internal, layer, navixy, notifications, vapid
 
 log = logging.getLogger(__name__)
 
@@ -232,11 +233,15 @@ def create_app(settings: Settings, limiter: RateLimiter | None = None) -> web.Ap
     )
     app[RATE_LIMITER] = limiter or RateLimiter(settings.rate_limit, settings.rate_burst)
     app.cleanup_ctx.append(database_ctx)
+    # Delivery workers run in the server when provider credentials are configured.
+    app.cleanup_ctx.append(delivery_ctx)
     app.router.add_get("/health/live", health_live, allow_head=False)
     app.router.add_get("/health/ready", health_ready, allow_head=False)
     layer.setup_routes(app)
     navixy.setup_routes(app)
+    notifications.setup_routes(app)
     internal.setup_routes(app)
+    vapid.setup_routes(app)
     # After database_ctx: it watches the writer database_ctx makes.
     observability.setup(app)
     openapi.setup_routes(app)

@@ -1,4 +1,5 @@
-"""The command line: serve, migrate, and session create/revoke, all on the same database."""
+"""The command line: serve, migrate, and session create/revoke, all on the same database;
+vapid keygen, which needs none."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from gateway.config import ConfigError, Settings
 from gateway.database import redact, resolve_database_url
+from gateway.delivery import commandline as delivery_commands
 from gateway.errors import GatewayError, SessionNotFound
 from gateway.validation import MAX_SESSION_TTL
 
@@ -35,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("migrate", help="apply schema.sql (idempotent)")
+    delivery_commands.add_parsers(commands)
 
     session = commands.add_parser("session", help="create or revoke sessions")
     session_commands = session.add_subparsers(dest="session_command", required=True)
@@ -59,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     identity.add_argument(
         "--issuer", help="the provider id, the token's iss (GATEWAY_LAYER_PROVIDER_ID)"
     )
+    vapid = commands.add_parser("vapid", help="Web Push VAPID keys")
+    vapid_commands = vapid.add_subparsers(dest="vapid_command", required=True)
+    vapid_keygen = vapid_commands.add_parser(
+        "keygen",
+        help="write a new P-256 private key (PEM, PKCS#8) at PATH and print its public key"
+        " (base64url, the form browsers take as applicationServerKey)",
+    )
+    vapid_keygen.add_argument("path")
     return parser
 
 
@@ -88,6 +99,23 @@ def _layer(arguments: argparse.Namespace, provider_id: str | None) -> int:
         return 1
     except (ValueError, TypeError, IdentityKeyError) as exc:
         print(f"gateway: {arguments.key} is not an RSA private key PEM: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _vapid_keygen(path: str) -> int:
+    from pathlib import Path
+
+    from gateway.delivery.webpush import generate_vapid_key
+
+    try:
+        print(generate_vapid_key(Path(path)))
+    except FileExistsError:
+        # Every subscription was made with the old key: replacing it silently would orphan them.
+        print(f"gateway: {path} exists; not overwriting a VAPID key", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gateway: cannot write {path}: {exc.strerror}", file=sys.stderr)
         return 1
     return 0
 
@@ -214,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Neither needs the database or the gateway's settings: keygen is
         # what one runs before GATEWAY_LAYER_IDENTITY_KEYS names a file.
         return _layer(arguments, os.environ.get("GATEWAY_LAYER_PROVIDER_ID"))
+    if arguments.command == "vapid":
+        # Before the settings: GATEWAY_VAPID_PRIVATE_KEY may name the file about to be made.
+        return _vapid_keygen(arguments.path)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -238,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.command == "migrate":
         asyncio.run(_migrate(dsn))
         return 0
+    if arguments.command == "deliver":
+        return delivery_commands.deliver(settings, arguments)
+    if arguments.command == "notify":
+        return delivery_commands.notify(settings, arguments)
     try:
         if arguments.session_command == "create":
             ttl = settings.session_ttl if arguments.ttl is None else arguments.ttl

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 
 class Provider(enum.StrEnum):
@@ -129,3 +131,52 @@ class LogIn:
     identity_token: str
     app_id: str
     ttl_seconds: int
+# ------------------------------------------------------------------ delivery
+
+
+class DeliveryState(enum.StrEnum):
+    """Where a delivery stands: pending until one attempt settles it."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    PRUNED = "pruned"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class SendNotification:
+    """Deliver one message to every target ``audience`` finds, from the durable queue.
+
+    ``message`` is the portable message (title, body, data); ``overrides`` holds
+    the per-provider blocks by provider name. ``idempotency_key`` makes a retried
+    request return the first notification; ``request_sha256`` tells a retry from
+    a different request that reuses the key.
+    """
+
+    audience: FindTargets
+    exclude_users: tuple[str, ...]
+    message: dict[str, Any]
+    overrides: dict[str, Any]
+    ttl_seconds: int
+    priority: str
+    collapse_key: str | None
+    idempotency_key: str | None = None
+    request_sha256: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShowNotification:
+    """A notification's progress: its state and counts by outcome and provider."""
+
+    notification_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class ListDeliveries:
+    """A page of a notification's deliveries, by id, after ``after``; one outcome or all."""
+
+    notification_id: uuid.UUID
+    outcome: DeliveryState | None
+    after: int
+    limit: int

@@ -84,3 +84,9 @@ class IdentityRejected(GatewayError):
 
 class AuthenticationNotConfigured(GatewayError):
     """Raised by the Layer handshake when no app id, provider id and identity keys are set."""
+class NotificationNotFound(GatewayError):
+    """Raised by the store when no notification has the id asked for."""
+
+
+class IdempotencyKeyReused(GatewayError):
+    """Raised when an Idempotency-Key comes back with a request other than its first."""

@@ -10,10 +10,13 @@ from typing import Any
 from gateway.commands import (
     EndSession,
     IssueNonce,
+    ListDeliveries,
     ListRegistrations,
     LogIn,
     RegisterToken,
+    SendNotification,
     SessionRef,
+    ShowNotification,
     UnregisterToken,
     WriteCommand,
 )
@@ -34,6 +37,8 @@ log = logging.getLogger(__name__)
 Command = RegisterToken | UnregisterToken | EndSession | ListRegistrations
 # Commands made before there is a session: no session's rate limit applies.
 Handshake = IssueNonce | LogIn
+# The senders' delivery commands: behind the admin key, with no session to rate-limit.
+DeliveryCommand = SendNotification | ShowNotification | ListDeliveries
 
 
 class GroupCommitter:
@@ -173,3 +178,11 @@ class Executor:
         if opened is None:
             raise IdentityRejected("the nonce (nce) is unknown, expired or already used")
         return opened
+    async def execute_delivery(self, command: DeliveryCommand) -> Any:
+        match command:
+            case SendNotification():
+                return await self.store.enqueue_notification(command)
+            case ShowNotification():
+                return await self.store.show_notification(command)
+            case ListDeliveries():
+                return await self.store.list_deliveries(command)

@@ -13,12 +13,12 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
 from gateway import validation
-from gateway.commands import Provider
+from gateway.commands import DeliveryState, Provider
 from gateway.config import DEFAULT_LAYER_VERSIONS
 from gateway.keys import SETTINGS
 from gateway.observability import REQUEST_ID_HEADER
 from gateway.parsing import SESSION_KEY
-from gateway.surfaces import internal, layer, navixy
+from gateway.surfaces import internal, layer, navixy, notifications
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -165,6 +165,64 @@ class InternalPrunedSchema(Schema):
 class InternalOpenedSessionSchema(Schema):
     token = fields.String(required=True, metadata={"pattern": _HEX_32})
     expires_at = fields.DateTime(required=True)
+
+
+class NotificationQueuedSchema(Schema):
+    id = fields.UUID(required=True)
+    targets = fields.Integer(required=True, metadata={"minimum": 0})
+
+
+class DeliveryCountsSchema(Schema):
+    pending = fields.Integer(required=True)
+    delivered = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    pruned = fields.Integer(required=True)
+    expired = fields.Integer(required=True)
+
+
+class DeliveryFailureSchema(Schema):
+    provider = fields.String(required=True)
+    error = fields.String(required=True, allow_none=True)
+    count = fields.Integer(required=True)
+
+
+class NotificationProgressSchema(Schema):
+    id = fields.UUID(required=True)
+    state = fields.String(required=True, metadata={"enum": ["pending", "done"]})
+    targets = fields.Integer(required=True)
+    counts = fields.Nested(DeliveryCountsSchema, required=True)
+    by_provider = fields.Dict(
+        keys=fields.String(), values=fields.Nested(DeliveryCountsSchema), required=True
+    )
+    last_error = fields.String(required=True, allow_none=True)
+    errors = fields.List(fields.Nested(DeliveryFailureSchema), required=True)
+    category = fields.String(required=True)
+    priority = fields.String(required=True)
+    collapse_key = fields.String(required=True, allow_none=True)
+    created_at = fields.DateTime(required=True)
+    expires_at = fields.DateTime(required=True)
+
+
+class DeliverySchema(Schema):
+    id = fields.Integer(required=True)
+    user = fields.String(required=True)
+    provider = fields.String(required=True)
+    token = fields.String(required=True)
+    outcome = fields.String(required=True)
+    attempts = fields.Integer(required=True)
+    status = fields.Integer(required=True, allow_none=True)
+    error = fields.String(required=True, allow_none=True)
+    next_attempt_at = fields.DateTime(required=True, allow_none=True)
+    created_at = fields.DateTime(required=True)
+    updated_at = fields.DateTime(required=True)
+    finished_at = fields.DateTime(required=True, allow_none=True)
+
+
+class DeliveriesPageSchema(Schema):
+    deliveries = fields.List(fields.Nested(DeliverySchema), required=True)
+    next_after = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "the next page's after"}
+    )
 
 
 class HealthSchema(Schema):
@@ -739,6 +797,125 @@ def _internal_paths(spec: APISpec, plugin: MarshmallowPlugin, settings_ttl: int,
     )
 
 
+_NOTIFICATION_ERRORS = {
+    **_INTERNAL_ERRORS,
+    404: "No notification has this id",
+    409: "The Idempotency-Key came with a different request before",
+}
+
+
+def _notification_paths(spec: APISpec, plugin: MarshmallowPlugin,
+                        categories: frozenset[str]) -> None:
+    user_ids = {"type": "array", "items": {"type": "string", **_IDENTIFIER}}
+    spec.components.schema(
+        "NotificationRequest",
+        component=_request_schema(
+            plugin,
+            notifications.NotificationSchema(categories),
+            {
+                "users": {**user_ids, "minItems": 1, "maxItems": internal.MAX_AUDIENCE},
+                "exclude_users": {**user_ids, "maxItems": internal.MAX_AUDIENCE, "default": []},
+                "category": {"type": "string", "enum": sorted(categories)},
+                "ttl": {"minimum": 1, "maximum": notifications.MAX_TTL, "default": 86400},
+                "priority": {"type": "string", "enum": ["high", "normal"], "default": "high"},
+            },
+        ),
+    )
+    for name, schema in [
+        ("NotificationQueued", NotificationQueuedSchema),
+        ("NotificationProgress", NotificationProgressSchema),
+        ("DeliveriesPage", DeliveriesPageSchema),
+    ]:
+        spec.components.schema(name, schema=schema)
+    common = {"tags": ["Internal"], "security": [{"InternalBearer": []}]}
+    notification_id = {
+        "name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}
+    }
+
+    def errors(*statuses: int) -> dict[str, Any]:
+        return _error_answers(_NOTIFICATION_ERRORS, "InternalError", statuses, retry_after=False)
+
+    spec.path(
+        notifications.NOTIFICATIONS,
+        operations={
+            "post": {
+                **common,
+                "operationId": "internal_send_notification",
+                "summary": "Queue a message to every target of the audience; 202 once committed",
+                "description": (
+                    "One delivery row per target, written with the notification in one "
+                    "transaction. Idempotency-Key (1 to 255 visible ASCII characters) makes a "
+                    "retry answer with the first notification."
+                ),
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+                    }
+                ],
+                "requestBody": _json_body("NotificationRequest"),
+                "responses": {
+                    "202": _answer("The notification and its target count", "NotificationQueued"),
+                    **errors(400, 401, 409, 413, 500, 503),
+                },
+            }
+        },
+    )
+    spec.path(
+        notifications.NOTIFICATIONS + "/{id}",
+        operations={
+            "get": {
+                **common,
+                "operationId": "internal_show_notification",
+                "summary": "A notification's state and its deliveries' outcomes by provider",
+                "parameters": [notification_id],
+                "responses": {
+                    "200": _answer("Its progress", "NotificationProgress"),
+                    **errors(400, 401, 404, 500, 503),
+                },
+            }
+        },
+    )
+    spec.path(
+        notifications.NOTIFICATIONS + "/{id}/deliveries",
+        operations={
+            "get": {
+                **common,
+                "operationId": "internal_list_deliveries",
+                "summary": "A page of its deliveries, by id, of one outcome or all",
+                "parameters": [
+                    notification_id,
+                    {
+                        "name": "outcome",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": [s.value for s in DeliveryState]},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": notifications.MAX_DELIVERIES_PAGE,
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": _answer("The page", "DeliveriesPage"),
+                    **errors(400, 401, 404, 500, 503),
+                },
+            }
+        },
+    )
+
+
 # ------------------------------------------------------------ operations
 
 
@@ -813,6 +990,49 @@ def _operator_paths(spec: APISpec) -> None:
     )
 
 
+def _webpush_paths(spec: APISpec) -> None:
+    error = {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+    }
+    spec.path(
+        "/webpush/vapid-public-key",
+        operations={
+            "get": {
+                "tags": ["Web Push"],
+                "operationId": "vapid_public_key",
+                "summary": "The VAPID public key web pages subscribe with (applicationServerKey)",
+                "responses": {
+                    "200": {
+                        "description": "base64url of the 65-byte uncompressed P-256 point",
+                        "headers": _headers(),
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["public_key"],
+                                    "properties": {
+                                        "public_key": {
+                                            "type": "string",
+                                            "pattern": "^[A-Za-z0-9_-]{87}$",
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "404": {
+                        "description": "Web Push is not configured (GATEWAY_VAPID_PRIVATE_KEY)",
+                        "headers": _headers(),
+                        "content": {JSON: {"schema": error}},
+                    },
+                },
+            }
+        },
+    )
+
+
 # ------------------------------------------------------------ the document
 
 
@@ -877,7 +1097,9 @@ def build_document(categories: frozenset[str], session_ttl: int) -> dict[str, An
     _layer_paths(spec, plugin)
     _navixy_paths(spec, plugin, categories)
     _internal_paths(spec, plugin, session_ttl, categories)
+    _notification_paths(spec, plugin, categories)
     _operator_paths(spec)
+    _webpush_paths(spec)
     document: dict[str, Any] = spec.to_dict()
     return document
 

@@ -7,26 +7,37 @@ import functools
 import hashlib
 import logging
 import secrets
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
 
 from gateway.commands import (
     FindTargets,
+    ListDeliveries,
     ListRegistrations,
     OpenSession,
     PruneTokens,
     RegisterToken,
+    SendNotification,
     SessionRef,
+    ShowNotification,
     WriteCommand,
 )
-from gateway.errors import DatabaseError, DatabaseUnavailable, GatewayError, SessionNotFound
+from gateway.errors import (
+    DatabaseError,
+    DatabaseUnavailable,
+    GatewayError,
+    IdempotencyKeyReused,
+    NotificationNotFound,
+    SessionNotFound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -568,6 +579,134 @@ class Store:
         except DATABASE_FAILURES as exc:
             raise translate(exc) from exc
         return None if expires_at is None else OpenedSession(token, expires_at)
+    # -------------------------------------------------- delivery: the queue
+
+    async def enqueue_notification(self, command: SendNotification) -> QueuedNotification:
+        """The notification and one delivery per target, committed together.
+
+        With an idempotency key already used, the first notification is the
+        answer and nothing is written; the same key on a different request is
+        refused.
+        """
+        audience = command.audience
+        try:
+            async with self._connection() as connection, connection.transaction():
+                row = await connection.fetchrow(
+                    INSERT_NOTIFICATION,
+                    command.idempotency_key,
+                    command.request_sha256,
+                    orjson.dumps(
+                        {"users": audience.users, "exclude_users": command.exclude_users}
+                    ).decode(),
+                    audience.category,
+                    orjson.dumps(command.message).decode(),
+                    orjson.dumps(command.overrides).decode(),
+                    command.ttl_seconds,
+                    command.priority,
+                    command.collapse_key,
+                )
+                if row is None:
+                    first = await connection.fetchrow(
+                        FIND_NOTIFICATION_BY_KEY, command.idempotency_key
+                    )
+                    if first is None or first["request_sha256"] != command.request_sha256:
+                        raise IdempotencyKeyReused()
+                    return QueuedNotification(first["id"], first["targets"], replayed=True)
+                targets: int = 0
+                if audience.users:
+                    targets = await connection.fetchval(
+                        ENQUEUE_DELIVERIES,
+                        list(audience.users),
+                        audience.category,
+                        row["id"],
+                        row["expires_at"],
+                        timeout=ENQUEUE_TIMEOUT,
+                    )
+                await connection.execute(SET_NOTIFICATION_TARGETS, row["id"], targets)
+                if targets:
+                    await connection.execute(WAKE_WORKERS, "")
+        except DATABASE_FAILURES as exc:
+            raise translate(exc) from exc
+        return QueuedNotification(row["id"], targets, replayed=False)
+
+    async def show_notification(self, query: ShowNotification) -> NotificationProgress:
+        try:
+            async with self._connection() as connection:
+                row = await connection.fetchrow(SHOW_NOTIFICATION, query.notification_id)
+                if row is None:
+                    raise NotificationNotFound()
+                counts = await connection.fetch(COUNT_DELIVERIES, query.notification_id)
+                failures = await connection.fetch(
+                    FAILURE_REASONS, query.notification_id, FAILURE_REASONS_SHOWN
+                )
+        except DATABASE_FAILURES as exc:
+            raise translate(exc) from exc
+        return NotificationProgress(
+            dict(row), [(r["provider"], r["state"], r["n"]) for r in counts], failures
+        )
+
+    async def list_deliveries(self, query: ListDeliveries) -> list[asyncpg.Record]:
+        state = None if query.outcome is None else query.outcome.value
+        try:
+            async with self._connection() as connection:
+                if await connection.fetchrow(SHOW_NOTIFICATION, query.notification_id) is None:
+                    raise NotificationNotFound()
+                rows: list[asyncpg.Record] = await connection.fetch(
+                    LIST_DELIVERIES, query.notification_id, state, query.after, query.limit
+                )
+        except DATABASE_FAILURES as exc:
+            raise translate(exc) from exc
+        return rows
+
+    async def claim_deliveries(
+        self, provider: str, limit: int, owner: str, lease_id: uuid.UUID, lease_seconds: float
+    ) -> list[asyncpg.Record]:
+        """Up to ``limit`` due deliveries of ``provider``, leased to ``lease_id``."""
+        try:
+            async with self._connection() as connection:
+                rows: list[asyncpg.Record] = await connection.fetch(
+                    CLAIM_DELIVERIES, provider, limit, owner, lease_id, lease_seconds
+                )
+        except DATABASE_FAILURES as exc:
+            raise translate(exc) from exc
+        return rows
+
+    async def load_notifications(self, ids: Sequence[uuid.UUID]) -> list[asyncpg.Record]:
+        try:
+            async with self._connection() as connection:
+                rows: list[asyncpg.Record] = await connection.fetch(LOAD_NOTIFICATIONS, list(ids))
+        except DATABASE_FAILURES as exc:
+            raise translate(exc) from exc
+        return rows
+
+    async def next_due(self, provider: str) -> datetime | None:
+        """When the next pending delivery of ``provider`` is due (a retry or a lease end)."""
+        try:
+            async with self._connection() as connection:
+                due: datetime | None = await connection.fetchval(NEXT_DUE, provider)
+        except DATABASE_FAILURES as exc:
+            raise translate(exc) from exc
+        return due
+
+    async def record_outcomes(self, outcomes: Sequence[RecordedOutcome]) -> set[int]:
+        """Write each outcome under its lease; the ids actually written (the rest were stale)."""
+        if not outcomes:
+            return set()
+        columns = [list(column) for column in zip(*outcomes, strict=True)]
+        try:
+            async with self._connection() as connection:
+                rows = await connection.fetch(RECORD_OUTCOMES, *columns)
+        except DATABASE_FAILURES as exc:
+            raise translate(exc) from exc
+        return {row["id"] for row in rows}
+
+    async def purge_delivered(self, retention_seconds: float, batch: int) -> int:
+        try:
+            async with self._connection() as connection:
+                purged: int = await connection.fetchval(PURGE_DELIVERED, retention_seconds, batch)
+        except DATABASE_FAILURES as exc:
+            raise translate(exc) from exc
+        return purged
 
 
 # ------------------------------------------------------ the senders' internal API
@@ -659,6 +798,198 @@ INSERT INTO sessions (token_sha256, user_id, expires_at)
 SELECT $2, $3, now() + make_interval(secs => $4) FROM used
 RETURNING expires_at
 """
+
+
+# ------------------------------------------------------------------ delivery
+# The notifications queue. Claiming, recording and purging are each one
+# statement, so any number of workers on any number of hosts share the tables
+# with no coordinator but PostgreSQL's row locks.
+
+# Workers LISTEN here; an enqueue and a retry due soon NOTIFY it.
+DELIVERY_CHANNEL = "gateway_deliveries"
+
+# ON CONFLICT DO NOTHING waits for a concurrent insert of the same key to
+# commit or roll back, so two racing retries cannot both insert.
+INSERT_NOTIFICATION = """
+INSERT INTO notifications (
+    idempotency_key, request_sha256, audience, category, message, overrides,
+    ttl_seconds, expires_at, priority, collapse_key)
+VALUES ($1, $2, $3::jsonb, $4, $5::json, $6::json, $7::integer,
+        now() + make_interval(secs => $7::integer), $8, $9)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id, expires_at
+"""
+
+FIND_NOTIFICATION_BY_KEY = """
+SELECT id, targets, request_sha256 FROM notifications WHERE idempotency_key = $1
+"""
+
+# One statement from the registrations to the queue: the targets never come
+# into Python. FIND_TARGETS ($1 users, $2 category) is the rule /targets uses;
+# it is composed from constants only.
+ENQUEUE_DELIVERIES = f"""
+WITH queued AS (
+    INSERT INTO deliveries (
+        notification_id, user_id, provider, token, apns_bundle_id, gcm_sender_id,
+        webpush_p256dh, webpush_auth, expires_at)
+    SELECT $3, t.user_id, t.provider, t.token, t.apns_bundle_id, t.gcm_sender_id,
+           t.webpush_p256dh, t.webpush_auth, $4
+    FROM ({FIND_TARGETS}) AS t
+    RETURNING 1
+)
+SELECT count(*) FROM queued
+"""  # noqa: S608
+
+SET_NOTIFICATION_TARGETS = """
+UPDATE notifications SET targets = $2 WHERE id = $1
+"""
+
+WAKE_WORKERS = f"SELECT pg_notify('{DELIVERY_CHANNEL}', $1)"
+
+SHOW_NOTIFICATION = """
+SELECT id, category, targets, priority, collapse_key, ttl_seconds, created_at, expires_at
+FROM notifications WHERE id = $1
+"""
+
+COUNT_DELIVERIES = """
+SELECT provider, state, count(*) AS n FROM deliveries WHERE notification_id = $1
+GROUP BY provider, state
+UNION ALL
+SELECT provider, 'delivered', delivered FROM notification_purged WHERE notification_id = $1
+"""
+
+# The most frequent reasons its failed deliveries gave, the latest first on a tie.
+FAILURE_REASONS = """
+SELECT provider, last_error, count(*) AS n, max(updated_at) AS last_seen
+FROM deliveries WHERE notification_id = $1 AND state = 'failed'
+GROUP BY provider, last_error
+ORDER BY last_seen DESC
+LIMIT $2
+"""
+
+LIST_DELIVERIES = """
+SELECT id, user_id, provider, token, state, attempts, last_status, last_error,
+       next_attempt_at, created_at, updated_at, finished_at
+FROM deliveries
+WHERE notification_id = $1 AND ($2::text IS NULL OR state = $2) AND id > $3
+ORDER BY id
+LIMIT $4
+"""
+
+# Due rows of one provider, oldest first; SKIP LOCKED lets workers claim side
+# by side. A row past its notification's TTL is settled as expired in the same
+# statement instead of being sent; a claimed one becomes due again when its
+# lease ends, so a dead worker's rows are picked up by the others.
+CLAIM_DELIVERIES = """
+WITH due AS (
+    SELECT id FROM deliveries
+    WHERE state = 'pending' AND provider = $1 AND next_attempt_at <= now()
+    ORDER BY next_attempt_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE deliveries AS d SET
+        state = CASE WHEN d.expires_at <= now() THEN 'expired' ELSE 'pending' END,
+        last_error = CASE WHEN d.expires_at <= now()
+                          THEN coalesce(d.last_error, 'the TTL ended before a send')
+                          ELSE d.last_error END,
+        finished_at = CASE WHEN d.expires_at <= now() THEN now() END,
+        attempts = d.attempts + (d.expires_at > now())::int,
+        lease_owner = $3, lease_id = $4,
+        lease_until = now() + make_interval(secs => $5),
+        next_attempt_at = now() + make_interval(secs => $5),
+        updated_at = now()
+    FROM due WHERE d.id = due.id
+    RETURNING d.id, d.notification_id, d.provider, d.token, d.apns_bundle_id, d.gcm_sender_id,
+              d.webpush_p256dh, d.webpush_auth, d.expires_at, d.attempts, d.state
+)
+SELECT * FROM claimed WHERE state = 'pending'
+"""
+
+LOAD_NOTIFICATIONS = """
+SELECT id, category, message, overrides, priority, collapse_key, expires_at
+FROM notifications WHERE id = ANY($1::uuid[])
+"""
+
+NEXT_DUE = """
+SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending' AND provider = $1
+"""
+
+# Each outcome is written only under the lease it was claimed with: a worker
+# whose lease ended (and whose row another worker claimed) changes nothing. A
+# retry that would fall after the TTL settles the row as expired now.
+RECORD_OUTCOMES = """
+UPDATE deliveries AS d SET
+    state = CASE
+        WHEN o.verdict <> 'retry' THEN o.verdict
+        WHEN now() + make_interval(secs => o.delay) >= d.expires_at THEN 'expired'
+        ELSE 'pending' END,
+    next_attempt_at = CASE WHEN o.verdict = 'retry'
+                           THEN now() + make_interval(secs => o.delay)
+                           ELSE d.next_attempt_at END,
+    finished_at = CASE
+        WHEN o.verdict = 'retry' AND now() + make_interval(secs => o.delay) < d.expires_at
+        THEN NULL ELSE now() END,
+    last_status = o.status, last_error = o.error,
+    lease_owner = NULL, lease_id = NULL, lease_until = NULL, updated_at = now()
+FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::int[], $5::text[], $6::float8[])
+     AS o(id, lease_id, verdict, status, error, delay)
+WHERE d.id = o.id AND d.lease_id = o.lease_id AND d.state = 'pending'
+RETURNING d.id
+"""
+
+# A bounded batch at a time, so a purge never holds many locks or a long
+# transaction; counted per notification so that its counts stay exact.
+PURGE_DELIVERED = """
+WITH gone AS (
+    DELETE FROM deliveries WHERE id IN (
+        SELECT id FROM deliveries
+        WHERE state = 'delivered' AND finished_at < now() - make_interval(secs => $1)
+        LIMIT $2
+    )
+    RETURNING notification_id, provider
+), counted AS (
+    INSERT INTO notification_purged AS p (notification_id, provider, delivered)
+    SELECT notification_id, provider, count(*) FROM gone GROUP BY notification_id, provider
+    ON CONFLICT (notification_id, provider)
+    DO UPDATE SET delivered = p.delivered + excluded.delivered
+    RETURNING delivered
+)
+SELECT count(*) FROM gone
+"""
+
+# Enqueueing a 100,000-user audience writes hundreds of thousands of rows in
+# one statement: seconds, longer than STATEMENT_TIMEOUT allows a request.
+ENQUEUE_TIMEOUT = 120.0
+# How many distinct failure reasons a notification's progress lists.
+FAILURE_REASONS_SHOWN = 10
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedNotification:
+    id: uuid.UUID
+    targets: int
+    # True when an idempotency key found the notification an earlier request made.
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationProgress:
+    notification: dict[str, Any]
+    # (provider, state, count), a provider and state possibly more than once.
+    counts: list[tuple[str, str, int]]
+    failures: list[asyncpg.Record]
+
+
+class RecordedOutcome(NamedTuple):
+    """One attempt's result as RECORD_OUTCOMES takes it; ``delay`` is for a retry."""
+
+    delivery_id: int
+    lease_id: uuid.UUID
+    verdict: str
+    status: int | None
+    error: str | None
+    delay: float
 
 
 # ------------------------------------------------------ the fan-out's answer, as bytes

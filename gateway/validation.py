@@ -388,3 +388,13 @@ def check_recent_moment(value: datetime) -> datetime:
     if not EARLIEST_MOMENT <= moment <= datetime.now(UTC) + CLOCK_SKEW:
         raise ValueError(message)
     return moment
+# ------------------------------------------------------------------ delivery
+
+
+def has_control_characters(value: str) -> bool:
+    """Whether ``value`` holds a character of Unicode's Cc category (C0, DEL, C1)."""
+    return _has_control(value)
+
+
+def replace_control_characters(value: str, replacement: str = "?") -> str:
+    return _CONTROL_RE.sub(replacement, value)

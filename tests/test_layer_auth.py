@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import asyncpg
 import jwt
@@ -401,10 +402,22 @@ async def test_every_layer_401_carries_a_fresh_usable_nonce(
 class DatabaseProxy:
     """A TCP relay to PostgreSQL that can be cut, as a database outage looks to the gateway."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self._target = (target_host, target_port)
+    def __init__(self, dsn: str) -> None:
+        # The embedded server listens on a Unix socket only (?host=/dir), the
+        # machine's one on TCP: relay to whichever the test database is on.
+        parts = urlsplit(dsn)
+        socket_dir = parse_qs(parts.query).get("host", [None])[0]
+        port = parts.port or 5432
+        self._socket = f"{socket_dir}/.s.PGSQL.{port}" if socket_dir else None
+        self._target = (parts.hostname or "127.0.0.1", port)
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
+
+    def proxied(self, dsn: str, port: int) -> str:
+        """``dsn`` pointed at the relay's TCP port."""
+        parts = urlsplit(dsn)
+        query = urlencode({k: v for k, v in parse_qsl(parts.query) if k != "host"})
+        return parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}", query=query).geturl()
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
@@ -412,7 +425,10 @@ class DatabaseProxy:
         return port
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
+        if self._socket is not None:
+            upstream_reader, upstream_writer = await asyncio.open_unix_connection(self._socket)
+        else:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
         self._writers += [writer, upstream_writer]
 
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
@@ -438,12 +454,9 @@ class DatabaseProxy:
 async def test_a_401_while_the_database_is_down_is_503_not_a_401_without_a_nonce(
     aiohttp_client, auth_settings, auth_db
 ):
-    from urllib.parse import urlsplit
-
-    dsn = urlsplit(auth_settings.database_url)
-    proxy = DatabaseProxy(dsn.hostname or "127.0.0.1", dsn.port or 5432)
+    proxy = DatabaseProxy(auth_settings.database_url)
     port = await proxy.start()
-    proxied = dsn._replace(netloc=f"{dsn.username}@127.0.0.1:{port}").geturl()
+    proxied = proxy.proxied(auth_settings.database_url, port)
     client = await aiohttp_client(create_app(replace(auth_settings, database_url=proxied)))
     assert (await client.get("/push_tokens", headers=ACCEPT)).status == 401
     await proxy.cut()

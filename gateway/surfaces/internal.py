@@ -33,9 +33,11 @@ from gateway.errors import (
     DatabaseError,
     DatabaseUnavailable,
     GatewayError,
+    IdempotencyKeyReused,
     InvalidParameters,
     MalformedRequest,
     MethodNotAllowed,
+    NotificationNotFound,
     Problem,
     RequestTooLarge,
     SessionNotFound,
@@ -272,7 +274,7 @@ FEEDBACK_SCHEMA = FeedbackSchema()
 ADMIN_KEY_DIGEST = web.AppKey("internal_admin_key_digest", bytes)
 
 
-async def _json_object(request: web.Request, limit: int) -> dict[str, Any]:
+async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
     """The body as a JSON object, read up to ``limit`` bytes.
 
     Read here rather than with request.read(): the app's client_max_size is
@@ -315,7 +317,7 @@ def _authorize(request: web.Request) -> None:
         raise AdminKeyRejected()
 
 
-def _admin_only(handler: Handler) -> Handler:
+def admin_only(handler: Handler) -> Handler:
     """Every route of this surface checks the key before it reads anything else."""
 
     @functools.wraps(handler)
@@ -337,7 +339,8 @@ def _cut(request: web.Request) -> None:
 
 async def find_targets(request: web.Request) -> web.StreamResponse:
     """Stream the fan-out's targets as NDJSON, one registration a line."""
-    query = load(request.app[TARGETS_SCHEMA], await _json_object(request, MAX_TARGETS_BODY_BYTES))
+    body = await read_json_object(request, MAX_TARGETS_BODY_BYTES)
+    query = load(request.app[TARGETS_SCHEMA], body)
     response = web.StreamResponse()
     response.content_type = NDJSON
     store = request.app[INTERNAL_STORE]
@@ -397,13 +400,14 @@ async def find_targets(request: web.Request) -> web.StreamResponse:
 
 
 async def prune_dead_tokens(request: web.Request) -> web.Response:
-    command = load(FEEDBACK_SCHEMA, await _json_object(request, MAX_FEEDBACK_BODY_BYTES))
+    command = load(FEEDBACK_SCHEMA, await read_json_object(request, MAX_FEEDBACK_BODY_BYTES))
     removed = await request.app[INTERNAL_STORE].prune_tokens(command) if command.tokens else 0
     return _json(200, {"removed": removed})
 
 
 async def open_session(request: web.Request) -> web.Response:
-    command = load(request.app[SESSION_SCHEMA], await _json_object(request, MAX_SESSION_BODY_BYTES))
+    body = await read_json_object(request, MAX_SESSION_BODY_BYTES)
+    command = load(request.app[SESSION_SCHEMA], body)
     opened = await request.app[INTERNAL_STORE].open_session(command)
     return _json(201, {"token": opened.token, "expires_at": opened.expires_at})
 
@@ -441,8 +445,8 @@ def setup_routes(app: web.Application) -> None:
     if settings.admin_token is not None:
         app[ADMIN_KEY_DIGEST] = key_digest(settings.admin_token)
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, _admin_only(handler))
-    app.router.add_route("*", PREFIX + "{tail:(/.*)?}", _admin_only(unknown_endpoint))
+        app.router.add_route(method, path, admin_only(handler))
+    app.router.add_route("*", PREFIX + "{tail:(/.*)?}", admin_only(unknown_endpoint))
 
 
 def owns(path: str) -> bool:
@@ -464,6 +468,13 @@ _STATUS: list[tuple[type[GatewayError], int, str, str]] = [
     (InvalidParameters, 400, "invalid_parameters", "Invalid parameters"),
     (MalformedRequest, 400, "malformed_request", "The body must be a JSON object"),
     (SessionNotFound, 404, "session_not_found", "No live session has this token"),
+    (NotificationNotFound, 404, "notification_not_found", "No notification has this id"),
+    (
+        IdempotencyKeyReused,
+        409,
+        "idempotency_key_reused",
+        "This Idempotency-Key came with a different request",
+    ),
     (UnknownEndpoint, 404, "unknown_endpoint", "There is no such endpoint"),
     (MethodNotAllowed, 405, "method_not_allowed", "This method is not allowed here"),
     (RequestTooLarge, 413, "request_too_large", "The request body is too large"),
