@@ -33,7 +33,9 @@ from workload import Layout, device_id
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.commands import Provider, RegisterToken, SessionRef
-from gateway.store import APPLY_WRITES, ResolvedSession, apply_schema, plan_writes
+from gateway.planning import plan_writes
+from gateway.sessions import ResolvedSession
+from gateway.store import APPLY_WRITES, apply_schema
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -167,7 +167,7 @@ def database_server() -> tuple[str, str]:
     override = os.environ.get("DATABASE_URL")
     if override:
         return override, "DATABASE_URL"
-    from gateway.database import start_embedded
+    from gateway.embedded import start_embedded
 
     url = start_embedded(EMBEDDED_DATA_DIR)
     return url, f"embedded ({EMBEDDED_DATA_DIR / 'postgres'})"

@@ -28,7 +28,8 @@ from typing import Any
 
 import asyncpg
 
-from gateway.store import MAX_REGISTRATIONS_PER_USER, apply_schema
+from gateway.planning import MAX_REGISTRATIONS_PER_USER
+from gateway.store import apply_schema
 
 Row = tuple[Any, ...]
 

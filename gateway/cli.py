@@ -16,9 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.config import ConfigError, Settings
-from gateway.database import redact, resolve_database_url
+from gateway.config import ConfigError, Settings, check_whole
 from gateway.delivery import commandline as delivery_commands
+from gateway.embedded import redact, resolve_database_url
 from gateway.errors import GatewayError, SessionNotFound
 from gateway.validation import MAX_SESSION_TTL
 
@@ -150,12 +150,15 @@ def _serve_one(settings: Settings, buckets_name: str | None = None, lock: Any = 
     """
     import uvloop
 
+    from gateway import protocol
     from gateway.app import create_app
     from gateway.gc_tuning import tune_after_startup
     from gateway.observability import AccessLogger, setup_logging
     from gateway.ratelimit import RateLimiter, SharedBuckets
 
     setup_logging(logging.INFO)
+    # Fails here, before the port is bound, if aiohttp changed what it overrides.
+    protocol.install()
     buckets = SharedBuckets(buckets_name) if buckets_name else None
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst, buckets, lock)
     app = create_app(settings, limiter)
@@ -251,14 +254,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     if arguments.command == "serve":
-        settings = replace(
-            settings,
-            host=arguments.host or settings.host,
-            port=settings.port if arguments.port is None else arguments.port,
-            workers=settings.workers if arguments.workers is None else arguments.workers,
-        )
-        if not 1 <= settings.workers <= 64:
-            print("gateway: --workers must be between 1 and 64", file=sys.stderr)
+        try:
+            settings = replace(
+                settings,
+                host=arguments.host or settings.host,
+                port=(
+                    settings.port
+                    if arguments.port is None
+                    else check_whole("port", arguments.port, "--port")
+                ),
+                workers=(
+                    settings.workers
+                    if arguments.workers is None
+                    else check_whole("workers", arguments.workers, "--workers")
+                ),
+            )
+        except ConfigError as exc:
+            print(f"gateway: {exc}", file=sys.stderr)
             return 2
     dsn = resolve_database_url(settings.database_url, settings.data_dir)
     settings = replace(settings, database_url=dsn)

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+# A row as the store answers a query: plain values by column name, no driver type.
+Row = dict[str, Any]
+
 
 class Provider(enum.StrEnum):
     """The push service a token belongs to, whatever dialect named it."""
@@ -77,6 +80,8 @@ class ListRegistrations:
 
 
 WriteCommand = RegisterToken | UnregisterToken
+# What a session's own caller asks: each counts against that session's rate limit.
+SessionCommand = RegisterToken | UnregisterToken | EndSession | ListRegistrations
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +125,13 @@ class OpenSession:
 
 
 @dataclass(frozen=True, slots=True)
+class RevokeSession:
+    """End a session on a sender's word (the internal API), not on the session's own request."""
+
+    session: SessionRef
+
+
+@dataclass(frozen=True, slots=True)
 class IssueNonce:
     """Mint a single-use nonce for Layer's authentication handshake."""
 
@@ -131,6 +143,8 @@ class LogIn:
     identity_token: str
     app_id: str
     ttl_seconds: int
+
+
 # ------------------------------------------------------------------ delivery
 
 
@@ -180,3 +194,18 @@ class ListDeliveries:
     outcome: DeliveryState | None
     after: int
     limit: int
+
+
+# What the senders' internal API asks, behind the admin key: no session's rate limit applies.
+SenderCommand = (
+    FindTargets
+    | PruneTokens
+    | OpenSession
+    | RevokeSession
+    | SendNotification
+    | ShowNotification
+    | ListDeliveries
+)
+# Made before there is a session: no session's rate limit applies either.
+Handshake = IssueNonce | LogIn
+Command = SessionCommand | SenderCommand | Handshake

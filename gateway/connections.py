@@ -4,10 +4,11 @@ kept-alive connection may wait.
 aiohttp bounds only the idle time (``keepalive_timeout``); a client sending a
 byte a second, or a head and then a trickle of body, holds its socket for as
 long as it likes. It offers no hook for either, so the gateway has aiohttp
-build its connections from a subclass of its protocol that watches the bytes
-as they arrive: one timer, armed only while a head or a body is incomplete
-(a request whose head, or head and body, come in one read arms nothing), and
-the connection closed when it fires. The limits are the app's own
+build its connections from a subclass of its protocol (installed by
+gateway.protocol) that watches the bytes as they arrive: one timer, armed
+only while a head or a body is incomplete (a request whose head, or head
+and body, come in one read arms nothing), and the connection closed when it
+fires. The limits are the app's own
 (``CONNECTION_LIMITS``), so they hold however the app is served: ``gateway
 serve`` with any number of workers, or a test's server. Connections of apps
 without limits behave as aiohttp's own.
@@ -20,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web, web_server
+from aiohttp import web
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
@@ -108,14 +109,3 @@ class GuardedRequestHandler(RequestHandler):
         # hold a session token.
         log.info("closed a connection whose request %s took over %g s to arrive", part, seconds)
         self.force_close()
-
-
-_installed = False
-
-
-def guard_connections() -> None:
-    """Have every aiohttp server in this process build its connections as GuardedRequestHandler."""
-    global _installed
-    if not _installed:
-        web_server.RequestHandler = GuardedRequestHandler  # type: ignore[attr-defined]
-        _installed = True

@@ -5,16 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, assert_never
 
 from gateway.commands import (
+    Command,
     EndSession,
+    FindTargets,
     IssueNonce,
     ListDeliveries,
     ListRegistrations,
     LogIn,
+    OpenSession,
+    PruneTokens,
     RegisterToken,
+    RevokeSession,
     SendNotification,
+    SessionCommand,
     SessionRef,
     ShowNotification,
     UnregisterToken,
@@ -34,12 +40,6 @@ from gateway.store import OpenedSession, Store
 
 log = logging.getLogger(__name__)
 
-Command = RegisterToken | UnregisterToken | EndSession | ListRegistrations
-# Commands made before there is a session: no session's rate limit applies.
-Handshake = IssueNonce | LogIn
-# The senders' delivery commands: behind the admin key, with no session to rate-limit.
-DeliveryCommand = SendNotification | ShowNotification | ListDeliveries
-
 
 class GroupCommitter:
     """Writes the commands waiting at the same moment in one transaction.
@@ -49,11 +49,17 @@ class GroupCommitter:
     command's transaction has committed.
     """
 
-    # Told each batch's size before it is written; gateway.observability sets it.
-    on_batch: Callable[[int], None] | None = None
-
-    def __init__(self, store: Store, *, max_batch: int = 1024, max_pending: int = 10_000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_batch: int = 1024,
+        max_pending: int = 10_000,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self._store = store
+        # Told each batch's size before it is written (the metrics' histogram).
+        self.on_batch = on_batch
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._pending: list[tuple[WriteCommand, asyncio.Future[GatewayError | None]]] = []
@@ -115,7 +121,12 @@ class GroupCommitter:
 
 
 class Executor:
-    """The one place a command is run, whichever surface it came from."""
+    """The one place a command is run, whichever surface it came from.
+
+    The senders' commands run on ``internal``, the internal API's store on a
+    pool of its own, so that its fan-outs never take the public dialects'
+    connections; without one they run on ``store``.
+    """
 
     def __init__(
         self,
@@ -123,11 +134,13 @@ class Executor:
         writer: GroupCommitter,
         limiter: RateLimiter,
         identities: IdentityVerifier | None = None,
+        internal: Store | None = None,
     ) -> None:
         self.store = store
         self._writer = writer
         self._limiter = limiter
         self._identities = identities
+        self._internal = store if internal is None else internal
 
     @property
     def writer(self) -> GroupCommitter:
@@ -145,18 +158,9 @@ class Executor:
             raise RateLimited()
         return session
 
-    async def execute(
-        self, command: Command | Handshake, *, admitted: SessionRef | None = None
-    ) -> Any:
-        """Run ``command``; its session is charged unless it is the one ``admitted``."""
-        match command:
-            case IssueNonce():
-                if self._identities is None:
-                    raise AuthenticationNotConfigured()
-                return await self.store.issue_nonce()
-            case LogIn():
-                return await self._log_in(command)
-        if command.session != admitted:
+    async def execute(self, command: Command, *, admitted: SessionRef | None = None) -> Any:
+        """Run ``command``; a session is charged unless it is the one ``admitted``."""
+        if isinstance(command, SessionCommand) and command.session != admitted:
             self.admit(command.session)
         match command:
             case RegisterToken() | UnregisterToken():
@@ -167,6 +171,31 @@ class Executor:
                 return None
             case ListRegistrations():
                 return await self.store.list_registrations(command)
+            case IssueNonce():
+                if self._identities is None:
+                    raise AuthenticationNotConfigured()
+                return await self.store.issue_nonce()
+            case LogIn():
+                return await self._log_in(command)
+            case FindTargets():
+                # An async generator of batches of NDJSON lines; the caller closes it.
+                return self._internal.find_targets(command)
+            case PruneTokens():
+                return await self._internal.prune_tokens(command) if command.tokens else 0
+            case OpenSession():
+                return await self._internal.open_session(command)
+            case RevokeSession():
+                await self._internal.end_session(command.session)
+                return None
+            # Delivery's queue is written on the public pool, as its workers read it.
+            case SendNotification():
+                return await self.store.enqueue_notification(command)
+            case ShowNotification():
+                return await self.store.show_notification(command)
+            case ListDeliveries():
+                return await self.store.list_deliveries(command)
+            case _:
+                assert_never(command)
 
     async def _log_in(self, command: LogIn) -> OpenedSession:
         if self._identities is None:
@@ -178,11 +207,3 @@ class Executor:
         if opened is None:
             raise IdentityRejected("the nonce (nce) is unknown, expired or already used")
         return opened
-    async def execute_delivery(self, command: DeliveryCommand) -> Any:
-        match command:
-            case SendNotification():
-                return await self.store.enqueue_notification(command)
-            case ShowNotification():
-                return await self.store.show_notification(command)
-            case ListDeliveries():
-                return await self.store.list_deliveries(command)

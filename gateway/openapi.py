@@ -13,12 +13,12 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
 from gateway import validation
-from gateway.commands import DeliveryState, Provider
+from gateway.commands import DeliveryState
 from gateway.config import DEFAULT_LAYER_VERSIONS
 from gateway.keys import SETTINGS
 from gateway.observability import REQUEST_ID_HEADER
-from gateway.parsing import SESSION_KEY
 from gateway.surfaces import internal, layer, navixy, notifications
+from gateway.wire import SESSION_TOKEN, describe
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -28,13 +28,8 @@ FORM = "application/x-www-form-urlencoded"
 # Patterns are ECMA-262, as JSON Schema reads them; they restate
 # gateway.validation's rules for the document's readers and generators, and
 # the code stays the authority.
-_HEX_32 = "^[0-9a-fA-F]{32}$"
-_NO_CONTROL = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
-_IDENTIFIER: dict[str, Any] = {
-    "minLength": 1,
-    "maxLength": validation.MAX_ID_LENGTH,
-    "pattern": _NO_CONTROL,
-}
+_HEX_32 = f"^{SESSION_TOKEN.pattern}$"
+_IDENTIFIER = validation.IDENTIFIER_JSON_SCHEMA
 _PUSH_TOKEN: dict[str, Any] = {
     # Both the APNs and the FCM form; which applies depends on the type.
     "pattern": "^[A-Za-z0-9_:-]+$",
@@ -252,11 +247,9 @@ def _json_schema(plugin: MarshmallowPlugin, schema: Schema | type[Schema]) -> di
 def _request_schema(
     plugin: MarshmallowPlugin, schema: Schema, refinements: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """A surface's schema as JSON Schema, without the session slot the surface fills in."""
+    """A surface's schema as JSON Schema, with what the schema cannot say added."""
     converted = _json_schema(plugin, schema)
     properties = converted["properties"]
-    properties.pop(SESSION_KEY, None)
-    converted["required"] = [name for name in converted.get("required", []) if name != SESSION_KEY]
     for name, extra in refinements.items():
         properties[name] = {**properties.get(name, {}), **extra}
     return converted
@@ -283,27 +276,8 @@ def _json_body(schema: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------ the Layer dialect
 
-_LAYER_ERRORS = {
-    400: "The body is not a JSON object (invalid_request, code 10)",
-    401: (
-        "No valid session token, the session is unknown, expired or ended, or the identity"
-        " token was refused (code 4); data.nonce is a fresh nonce when the handshake is"
-        " configured"
-    ),
-    406: (
-        "Accept is not application/vnd.layer+json with a version of GATEWAY_LAYER_VERSIONS"
-        " (invalid_header, code 107)"
-    ),
-    413: "The body is larger than GATEWAY_MAX_BODY_BYTES (invalid_request, code 10)",
-    422: "A property is missing (code 104) or invalid (code 105); data.property names it",
-    429: "Too many requests for this session (rate_limit_exceeded, code 7)",
-    500: "A database or unexpected error (internal_server_error, code 100)",
-    501: (
-        "The handshake is not configured: no GATEWAY_LAYER_APP_ID, GATEWAY_LAYER_PROVIDER_ID"
-        " and GATEWAY_LAYER_IDENTITY_KEYS (authentication_not_configured)"
-    ),
-    503: "The database is unavailable or the write queue is full (code 1)",
-}
+# What each status answers, from the table the Layer renderer reads.
+_LAYER_ERRORS = describe(layer.DOCUMENTED_ERRORS)
 
 
 def _error_answers(
@@ -346,12 +320,8 @@ def _layer_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
             layer.REGISTER_SCHEMA,
             {
                 "token": {"type": "string", **_PUSH_TOKEN},
-                "type": {"type": "string", "enum": sorted(layer._TYPES)},
-                "device_id": {"type": "string", **_IDENTIFIER},
-                "apns_bundle_id": {**_IDENTIFIER, "description": "apns only"},
-                "gcm_sender_id": {**_IDENTIFIER, "description": "gcm only"},
                 "ios_version": {
-                    "pattern": f"^{layer._IOS_VERSION.pattern}$",
+                    "pattern": f"^{layer.IOS_VERSION.pattern}$",
                     "description": "apns only",
                 },
             },
@@ -516,16 +486,8 @@ def _layer_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
 
 # ------------------------------------------------------------ the Navixy dialect
 
-_NAVIXY_ERRORS = {
-    400: (
-        "Navixy codes 3 (wrong hash), 4 (session not found or ended), 5 (wrong request "
-        "format), 7 (invalid parameters, with errors)"
-    ),
-    412: "Code 9: the body is larger than GATEWAY_MAX_BODY_BYTES",
-    429: "Code 15: too many requests for this session",
-    500: "Code 1 (database error) or 6 (unexpected error)",
-    503: "Code 14: the database is unavailable or the write queue is full",
-}
+# Every Navixy error but a 200 answer's, from the table its renderer reads.
+_NAVIXY_ERRORS = describe(navixy.ERRORS)
 
 
 def _navixy_answers() -> dict[str, Any]:
@@ -555,8 +517,6 @@ def _navixy_paths(spec: APISpec, plugin: MarshmallowPlugin, categories: frozense
         plugin,
         navixy.BindSchema(categories),
         {
-            "hash": {"type": "string", "pattern": _HEX_32},
-            "application": {"type": "string", "enum": list(navixy._APPLICATIONS)},
             "token": {
                 "type": "string",
                 # Every form the three applications take; which applies
@@ -659,14 +619,7 @@ def _navixy_paths(spec: APISpec, plugin: MarshmallowPlugin, categories: frozense
 
 # ------------------------------------------------------------ the senders' internal API
 
-_INTERNAL_ERRORS = {
-    400: "The body is not a JSON object, or a parameter is invalid (parameters lists them)",
-    401: "The admin key is missing or wrong",
-    404: "No live session has this token",
-    413: "The body is larger than this endpoint takes",
-    500: "A database or unexpected error",
-    503: "The database is unavailable",
-}
+_INTERNAL_ERRORS = describe(internal.ERRORS)
 
 
 def _internal_errors(*statuses: int) -> dict[str, Any]:
@@ -694,7 +647,6 @@ def _internal_paths(spec: APISpec, plugin: MarshmallowPlugin, settings_ttl: int,
     feedback = spec.components.schemas["InternalFeedback"]
     feedback["properties"]["feedback"]["maxItems"] = internal.MAX_FEEDBACK
     dead = spec.components.schemas["DeadToken"]
-    dead["properties"]["provider"]["enum"] = [provider.value for provider in Provider]
     dead["properties"]["reason"]["description"] = "; ".join(
         f"{provider.value}: {', '.join(sorted(reasons))}"
         for provider, reasons in internal.DEAD_TOKEN_REASONS.items()
@@ -705,7 +657,6 @@ def _internal_paths(spec: APISpec, plugin: MarshmallowPlugin, settings_ttl: int,
             plugin,
             internal.SessionSchema(settings_ttl),
             {
-                "user": {"type": "string", **_IDENTIFIER},
                 "ttl": {
                     "type": ["integer", "null"],
                     "minimum": 1,

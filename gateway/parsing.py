@@ -11,16 +11,13 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from marshmallow import Schema, ValidationError, fields
+from marshmallow.validate import OneOf
 
-from gateway.errors import InvalidParameters, MalformedRequest, Problem
+from gateway import validation
+from gateway.errors import InvalidParameters, MalformedRequest, Problem, RequestTooLarge
 
 REQUIRED = "is required"
 REPEATED = "is given more than once"
-
-# Where a surface puts the session it read from the request, beside the
-# caller's parameters, so the schema's post_load can build a whole command.
-# Surfaces overwrite it, so a caller cannot supply it.
-SESSION_KEY = "\x00session"
 
 _MESSAGES: dict[str, str | list[Any] | dict[Any, Any]] = {
     "required": REQUIRED,
@@ -32,34 +29,53 @@ _MESSAGES: dict[str, str | list[Any] | dict[Any, Any]] = {
 _JSON_OBJECT_MESSAGES = {**_MESSAGES, "type": "must be a JSON object"}
 
 
-def one_of(choices: Iterable[str]) -> Callable[[str], str]:
-    """A Text check admitting only ``choices``, naming them all when it refuses."""
-    allowed = tuple(choices)
-    refusal = "must be one of: " + ", ".join(allowed)
+def one_of(choices: Iterable[str]) -> OneOf:
+    """A validator admitting only ``choices``, naming them all when it refuses."""
+    return OneOf(tuple(choices), error="must be one of: {choices}")
 
-    def check(value: str) -> str:
-        if value not in allowed:
-            raise ValueError(refusal)
-        return value
 
-    return check
+def rule(check: Callable[[str], object]) -> Callable[[str], None]:
+    """One of gateway.validation's checks that only refuses, as a marshmallow validator."""
+
+    def validate(value: str) -> None:
+        try:
+            check(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+
+    return validate
 
 
 class Text(fields.String):
-    """A string checked and normalised by one of gateway.validation's functions."""
+    """marshmallow's String, with the gateway's wording of its refusals."""
 
     default_error_messages = _MESSAGES
 
-    def __init__(self, check: Callable[[str], str] | None = None, **kwargs: Any) -> None:
+
+def identifier(*, metadata: dict[str, Any] | None = None, **kwargs: Any) -> Text:
+    """A field holding an opaque id: validation.check_identifier's rule, stated for OpenAPI too."""
+    return Text(
+        validate=rule(validation.check_identifier),
+        metadata={**validation.IDENTIFIER_JSON_SCHEMA, **(metadata or {})},
+        **kwargs,
+    )
+
+
+class Normalized(Text):
+    """A string rewritten by one of gateway.validation's functions (lowercased, re-encoded).
+
+    Only for a check that rewrites the value: one that only refuses is a
+    validator on a Text (``validate=rule(check)``).
+    """
+
+    def __init__(self, normalize: Callable[[str], str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._check = check
+        self._normalize = normalize
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
-        if self._check is None:
-            return text
         try:
-            return self._check(text)
+            return self._normalize(text)
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
 
@@ -111,10 +127,24 @@ def load(schema: Schema, data: Mapping[str, Any]) -> Any:
         raise InvalidParameters(_flatten(exc.messages)) from None
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The request body; one its Content-Encoding cannot undo is the caller's error."""
+async def read_body(request: web.Request, limit: int | None = None) -> bytes:
+    """The request body; one its Content-Encoding cannot undo is the caller's error.
+
+    With ``limit``, read here up to that many bytes rather than with
+    request.read(), which the app's client_max_size bounds (sized for the
+    public dialects, far too small for a sender's audience).
+    """
     try:
-        return await request.read()
+        if limit is None:
+            return await request.read()
+        if request.content_length is not None and request.content_length > limit:
+            raise RequestTooLarge(f"the body must be at most {limit} bytes")
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > limit:
+                raise RequestTooLarge(f"the body must be at most {limit} bytes")
+        return bytes(body)
     except RequestPayloadError:
         raise MalformedRequest("the body does not match its Content-Encoding") from None
 
@@ -208,3 +238,8 @@ def json_object(raw: bytes) -> dict[str, Any]:
     if repeated is not None:
         raise InvalidParameters([Problem(repeated, REPEATED)])
     return body
+
+
+async def read_json_object(request: web.Request, limit: int | None = None) -> dict[str, Any]:
+    """The request body as one JSON object whose objects name each key once (see read_body)."""
+    return json_object(await read_body(request, limit))

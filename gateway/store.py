@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import secrets
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,7 +23,7 @@ from gateway.commands import (
     ListRegistrations,
     OpenSession,
     PruneTokens,
-    RegisterToken,
+    Row,
     SendNotification,
     SessionRef,
     ShowNotification,
@@ -38,13 +37,12 @@ from gateway.errors import (
     NotificationNotFound,
     SessionNotFound,
 )
+from gateway.planning import plan_writes
+from gateway.sessions import ResolvedSession, SessionCache
 
 log = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
-
-# Layer's documented ceiling: registering a 26th token unregisters the oldest.
-MAX_REGISTRATIONS_PER_USER = 25
 
 # Bounds on waiting for the database, so an outage fails requests in seconds
 # instead of holding them: connecting, getting a pooled connection, and any
@@ -107,139 +105,6 @@ GROUP BY r.provider
 """
 
 
-def lock_key(*parts: str) -> int:
-    """A stable signed 64-bit advisory-lock key for a user or a token."""
-    digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-@dataclass(frozen=True, slots=True)
-class ResolvedSession:
-    id: int
-    user_id: str
-
-
-@dataclass
-class WritePlan:
-    """The net effect of a batch of writes, equal to running them one at a time in order.
-
-    Its lists hold the entries of apply_registration_writes()'s document
-    (schema.sql) as they are sent: planning builds them directly, so a batch
-    is walked once to find each key's and token's last command and once to
-    write the entries, with no tuples in between.
-    """
-
-    delete_devices: list[dict[str, Any]] = field(default_factory=list)
-    # Each Navixy binding to remove: its user and session.
-    delete_bindings: list[dict[str, Any]] = field(default_factory=list)
-    # Per token registered: who keeps it (nobody when its last command lost its key).
-    release_tokens: list[dict[str, Any]] = field(default_factory=list)
-    # In arrival order: the per-user limit evicts the least recently registered.
-    upserts: list[dict[str, Any]] = field(default_factory=list)
-    lock_keys: list[int] = field(default_factory=list)
-    session_ids: list[int] = field(default_factory=list)
-
-    def document(self) -> str:
-        """The plan as apply_registration_writes() in schema.sql reads it."""
-        return orjson.dumps(
-            {
-                "sessions": self.session_ids,
-                "locks": self.lock_keys,
-                "delete_devices": self.delete_devices,
-                "delete_bindings": self.delete_bindings,
-                "release": self.release_tokens,
-                "upserts": self.upserts,
-                "max_per_user": MAX_REGISTRATIONS_PER_USER,
-            }
-        ).decode()
-
-
-def _upsert(position: int, session: ResolvedSession, command: RegisterToken) -> dict[str, Any]:
-    webpush = command.webpush
-    return {
-        "position": position,
-        "user_id": session.user_id,
-        "session_id": session.id,
-        "device_id": command.device_id,
-        "provider": command.provider.value,
-        "token": command.token,
-        "apns_bundle_id": command.apns_bundle_id,
-        "gcm_sender_id": command.gcm_sender_id,
-        "ios_version": command.ios_version,
-        "webpush_p256dh": webpush.p256dh if webpush else None,
-        "webpush_auth": webpush.auth if webpush else None,
-        "category_filter": command.category_filter,
-    }
-
-
-RegistrationKey = tuple[str, str, str | int]
-
-
-def _key(session: ResolvedSession, command: WriteCommand) -> RegistrationKey:
-    if command.device_id is None:
-        return (session.user_id, "session", session.id)
-    return (session.user_id, "device", command.device_id)
-
-
-# A batch's users repeat from batch to batch (the same apps re-register), and a
-# user's lock key is a pure function of the id: kept, it costs a dict lookup.
-@functools.lru_cache(maxsize=65536)
-def _user_lock_key(user_id: str) -> int:
-    return lock_key("user", user_id)
-
-
-def plan_writes(writes: Sequence[tuple[ResolvedSession, WriteCommand]]) -> WritePlan:
-    """Reduce a batch to its net effect.
-
-    The last command for a key wins. A token registered anywhere in the batch
-    leaves its earlier holders even when a later command moves it on again, and
-    ends up only with the key whose command registered it last, if that command
-    is still the key's last one.
-    """
-    last_for_key: dict[RegistrationKey, int] = {}
-    last_for_token: dict[tuple[str, str], int] = {}
-    for index, (session, command) in enumerate(writes):
-        last_for_key[_key(session, command)] = index
-        if isinstance(command, RegisterToken):
-            last_for_token[(command.provider.value, command.token)] = index
-
-    plan = WritePlan()
-    final_indexes = set(last_for_key.values())
-    # In index order, so upserts keep the order the commands arrived in.
-    for index in sorted(final_indexes):
-        session, command = writes[index]
-        if (
-            isinstance(command, RegisterToken)
-            and last_for_token[(command.provider.value, command.token)] == index
-        ):
-            plan.upserts.append(_upsert(len(plan.upserts), session, command))
-        elif command.device_id is None:
-            plan.delete_bindings.append({"user_id": session.user_id, "session_id": session.id})
-        else:
-            plan.delete_devices.append(
-                {"user_id": session.user_id, "device_id": command.device_id}
-            )
-
-    locks = {_user_lock_key(session.user_id) for session, _ in writes}
-    for (provider, token), index in last_for_token.items():
-        locks.add(lock_key("token", provider, token))
-        session, command = writes[index]
-        kept = index in final_indexes
-        plan.release_tokens.append(
-            {
-                "provider": provider,
-                "token": token,
-                "keep_user": session.user_id if kept else None,
-                "keep_device": command.device_id if kept else None,
-                "keep_session": session.id if kept and command.device_id is None else None,
-            }
-        )
-
-    plan.session_ids = sorted({session.id for session, _ in writes})
-    plan.lock_keys = sorted(locks)
-    return plan
-
-
 # Everything talking to Postgres can raise: its own errors, the driver's, the
 # socket's, and our timeouts.
 DATABASE_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -273,6 +138,15 @@ def translate(exc: BaseException) -> GatewayError:
     if _is_unavailable(exc):
         return DatabaseUnavailable(str(exc))
     return DatabaseError(f"{type(exc).__name__}: {exc}")
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Where the store talks to Postgres: any failure leaves as its domain error."""
+    try:
+        yield
+    except DATABASE_FAILURES as exc:
+        raise translate(exc) from exc
 
 
 async def _no_reset(connection: asyncpg.Connection) -> None:
@@ -311,34 +185,6 @@ async def apply_schema(dsn: str) -> None:
         await connection.close()
 
 
-class SessionCache:
-    """Sessions this process has seen, by token digest, so a write needs no lookup round trip.
-
-    It only saves a query: the write itself re-checks every session it relies
-    on, so a session ended elsewhere fails at once all the same.
-    """
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self._capacity = capacity
-        self._sessions: dict[bytes, ResolvedSession] = {}
-
-    def get(self, digest: bytes) -> ResolvedSession | None:
-        return self._sessions.get(digest)
-
-    def put(self, digest: bytes, session: ResolvedSession) -> None:
-        if len(self._sessions) >= self._capacity:
-            # dicts keep insertion order: this drops the oldest entry.
-            del self._sessions[next(iter(self._sessions))]
-        self._sessions[digest] = session
-
-    def forget(self, digest: bytes) -> None:
-        self._sessions.pop(digest, None)
-
-    def forget_ids(self, session_ids: set[int]) -> None:
-        for digest in [d for d, s in self._sessions.items() if s.id in session_ids]:
-            del self._sessions[digest]
-
-
 class Store:
     """The gateway's data, on one asyncpg pool.
 
@@ -368,11 +214,9 @@ class Store:
                 log.warning("connection failed on release; the pool replaces it", exc_info=True)
 
     async def ping(self) -> None:
-        try:
+        with translated():
             async with self._connection() as connection:
                 await connection.fetchval(PING)
-        except DATABASE_FAILURES as exc:
-            raise translate(exc) from exc
 
     async def create_session(self, user_id: str, ttl_seconds: int) -> str:
         """A new session's token, for callers with no use for its expiry."""
@@ -388,12 +232,10 @@ class Store:
         count: int = await self._retrying_conflicts(PURGE_EXPIRED_SESSIONS)
         return count
 
-    async def list_registrations(self, query: ListRegistrations) -> list[dict[str, Any]]:
-        try:
+    async def list_registrations(self, query: ListRegistrations) -> list[Row]:
+        with translated():
             async with self._connection() as connection:
                 rows = await connection.fetch(LIST_REGISTRATIONS, query.session.token_sha256)
-        except DATABASE_FAILURES as exc:
-            raise translate(exc) from exc
         if not rows:
             raise SessionNotFound()
         return [dict(row) for row in rows if row["provider"] is not None]
@@ -473,13 +315,11 @@ class Store:
         """Start a session; its token (stored only as a digest) and when it expires."""
         token = secrets.token_hex(16)
         digest = SessionRef.from_token(token).token_sha256
-        try:
+        with translated():
             async with self._connection() as connection:
                 expires_at = await connection.fetchval(
                     OPEN_SESSION, digest, command.user_id, command.ttl_seconds
                 )
-        except DATABASE_FAILURES as exc:
-            raise translate(exc) from exc
         return OpenedSession(token, expires_at)
 
     async def find_targets(self, query: FindTargets) -> AsyncGenerator[list[bytes], None]:
@@ -491,15 +331,13 @@ class Store:
         """
         if not query.users:
             return
-        try:
+        with translated():
             async with self._connection() as connection, connection.transaction(readonly=True):
                 cursor = await connection.cursor(
                     FIND_TARGET_LINES, list(query.users), query.category
                 )
                 while batch := await cursor.fetch(TARGETS_BATCH):
                     yield [row[0] for row in batch]
-        except DATABASE_FAILURES as exc:
-            raise translate(exc) from exc
 
     async def prune_tokens(self, command: PruneTokens) -> int:
         """Remove the registrations of tokens reported dead; how many there were."""
@@ -519,16 +357,15 @@ class Store:
         retries on its own; these retry here.
         """
         conflicts = 0
-        while True:
-            try:
-                async with self._connection() as connection:
-                    return await connection.fetchval(query, *arguments)
-            except CONFLICTS as exc:
-                conflicts += 1
-                if conflicts > RETRIES_ON_CONFLICT:
-                    raise translate(exc) from exc
-            except DATABASE_FAILURES as exc:
-                raise translate(exc) from exc
+        with translated():
+            while True:
+                try:
+                    async with self._connection() as connection:
+                        return await connection.fetchval(query, *arguments)
+                except CONFLICTS:
+                    conflicts += 1
+                    if conflicts > RETRIES_ON_CONFLICT:
+                        raise
 
     # -------------------------------------------------- the operators' metrics
 
@@ -537,11 +374,9 @@ class Store:
         return self._pool.get_size(), self._pool.get_idle_size(), self._pool.get_max_size()
 
     async def count_registrations_by_provider(self) -> dict[str, int]:
-        try:
+        with translated():
             async with self._connection() as connection:
                 rows = await connection.fetch(COUNT_REGISTRATIONS_BY_PROVIDER)
-        except DATABASE_FAILURES as exc:
-            raise translate(exc) from exc
         return {row["provider"]: row["registrations"] for row in rows}
 
     # -------------------------------------------------- Layer's authentication handshake
@@ -549,13 +384,11 @@ class Store:
     async def issue_nonce(self) -> str:
         """A new single-use nonce, stored as its digest, valid for NONCE_TTL_SECONDS."""
         nonce = secrets.token_urlsafe(32)
-        try:
+        with translated():
             # Every 401 mints one: a flood of refused requests may use a few
             # pooled connections, never all of them (writes keep the rest).
             async with self._nonce_slots, self._connection() as connection:
                 await connection.execute(ISSUE_NONCE, _digest(nonce), NONCE_TTL_SECONDS)
-        except DATABASE_FAILURES as exc:
-            raise translate(exc) from exc
         return nonce
 
     async def open_session_with_nonce(
@@ -567,7 +400,7 @@ class Store:
         same moment (two workers, two hosts) open one session between them.
         """
         token = secrets.token_hex(16)
-        try:
+        with translated():
             async with self._connection() as connection:
                 expires_at = await connection.fetchval(
                     OPEN_SESSION_WITH_NONCE,
@@ -576,8 +409,6 @@ class Store:
                     user_id,
                     ttl_seconds,
                 )
-        except DATABASE_FAILURES as exc:
-            raise translate(exc) from exc
         return None if expires_at is None else OpenedSession(token, expires_at)
     # -------------------------------------------------- delivery: the queue
 
@@ -589,7 +420,7 @@ class Store:
         refused.
         """
         audience = command.audience
-        try:
+        with translated():
             async with self._connection() as connection, connection.transaction():
                 row = await connection.fetchrow(
                     INSERT_NOTIFICATION,
@@ -625,12 +456,10 @@ class Store:
                 await connection.execute(SET_NOTIFICATION_TARGETS, row["id"], targets)
                 if targets:
                     await connection.execute(WAKE_WORKERS, "")
-        except DATABASE_FAILURES as exc:
-            raise translate(exc) from exc
         return QueuedNotification(row["id"], targets, replayed=False)
 
     async def show_notification(self, query: ShowNotification) -> NotificationProgress:
-        try:
+        with translated():
             async with self._connection() as connection:
                 row = await connection.fetchrow(SHOW_NOTIFICATION, query.notification_id)
                 if row is None:
@@ -639,53 +468,43 @@ class Store:
                 failures = await connection.fetch(
                     FAILURE_REASONS, query.notification_id, FAILURE_REASONS_SHOWN
                 )
-        except DATABASE_FAILURES as exc:
-            raise translate(exc) from exc
         return NotificationProgress(
             dict(row), [(r["provider"], r["state"], r["n"]) for r in counts], failures
         )
 
-    async def list_deliveries(self, query: ListDeliveries) -> list[asyncpg.Record]:
+    async def list_deliveries(self, query: ListDeliveries) -> list[Row]:
         state = None if query.outcome is None else query.outcome.value
-        try:
+        with translated():
             async with self._connection() as connection:
                 if await connection.fetchrow(SHOW_NOTIFICATION, query.notification_id) is None:
                     raise NotificationNotFound()
                 rows: list[asyncpg.Record] = await connection.fetch(
                     LIST_DELIVERIES, query.notification_id, state, query.after, query.limit
                 )
-        except DATABASE_FAILURES as exc:
-            raise translate(exc) from exc
-        return rows
+        return [dict(row) for row in rows]
 
     async def claim_deliveries(
         self, provider: str, limit: int, owner: str, lease_id: uuid.UUID, lease_seconds: float
     ) -> list[asyncpg.Record]:
         """Up to ``limit`` due deliveries of ``provider``, leased to ``lease_id``."""
-        try:
+        with translated():
             async with self._connection() as connection:
                 rows: list[asyncpg.Record] = await connection.fetch(
                     CLAIM_DELIVERIES, provider, limit, owner, lease_id, lease_seconds
                 )
-        except DATABASE_FAILURES as exc:
-            raise translate(exc) from exc
         return rows
 
     async def load_notifications(self, ids: Sequence[uuid.UUID]) -> list[asyncpg.Record]:
-        try:
+        with translated():
             async with self._connection() as connection:
                 rows: list[asyncpg.Record] = await connection.fetch(LOAD_NOTIFICATIONS, list(ids))
-        except DATABASE_FAILURES as exc:
-            raise translate(exc) from exc
         return rows
 
     async def next_due(self, provider: str) -> datetime | None:
         """When the next pending delivery of ``provider`` is due (a retry or a lease end)."""
-        try:
+        with translated():
             async with self._connection() as connection:
                 due: datetime | None = await connection.fetchval(NEXT_DUE, provider)
-        except DATABASE_FAILURES as exc:
-            raise translate(exc) from exc
         return due
 
     async def record_outcomes(self, outcomes: Sequence[RecordedOutcome]) -> set[int]:
@@ -693,19 +512,15 @@ class Store:
         if not outcomes:
             return set()
         columns = [list(column) for column in zip(*outcomes, strict=True)]
-        try:
+        with translated():
             async with self._connection() as connection:
                 rows = await connection.fetch(RECORD_OUTCOMES, *columns)
-        except DATABASE_FAILURES as exc:
-            raise translate(exc) from exc
         return {row["id"] for row in rows}
 
     async def purge_delivered(self, retention_seconds: float, batch: int) -> int:
-        try:
+        with translated():
             async with self._connection() as connection:
                 purged: int = await connection.fetchval(PURGE_DELIVERED, retention_seconds, batch)
-        except DATABASE_FAILURES as exc:
-            raise translate(exc) from exc
         return purged
 
 

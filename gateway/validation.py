@@ -14,8 +14,11 @@ from urllib.parse import quote, unquote, urlsplit
 import idna
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.commands import Provider
+
 __all__ = [
     "DEFAULT_CATEGORIES",
+    "IDENTIFIER_JSON_SCHEMA",
     "MAX_ID_LENGTH",
     "MAX_SESSION_TTL",
     "category_filter_admits",
@@ -24,6 +27,7 @@ __all__ = [
     "check_recent_moment",
     "check_webpush_auth",
     "check_webpush_p256dh",
+    "has_control",
     "host_is_allowed",
     "normalize_apns_token",
     "normalize_category_filter",
@@ -80,7 +84,16 @@ def _quote(item: str) -> str:
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
-def _has_control(value: str) -> bool:
+# check_identifier's rule as JSON Schema states it (ECMA-262 escapes), for
+# the API document: the field that checks an identifier carries it.
+IDENTIFIER_JSON_SCHEMA: dict[str, int | str] = {
+    "minLength": 1,
+    "maxLength": MAX_ID_LENGTH,
+    "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+}
+
+
+def has_control(value: str) -> bool:
     return _CONTROL_RE.search(value) is not None
 
 
@@ -103,7 +116,7 @@ def check_identifier(value: str, max_length: int = MAX_ID_LENGTH) -> str:
         raise ValueError(f"must be at most {max_length} characters")
     if not _is_utf8_encodable(value):
         raise ValueError("must be valid unicode (no lone surrogates)")
-    if _has_control(value):
+    if has_control(value):
         raise ValueError("must not contain control characters")
     return value
 
@@ -178,7 +191,7 @@ def normalize_host(raw: str) -> str:
         host = unquote(raw, errors="strict")
     except UnicodeDecodeError:
         raise ValueError("must have a host that is valid UTF-8") from None
-    if _has_control(host) or _has_invisible(host) or any(ch.isspace() for ch in host):
+    if has_control(host) or _has_invisible(host) or any(ch.isspace() for ch in host):
         raise ValueError("must not have control, invisible or space characters in its host")
     if host.isascii() and "xn--" not in host.lower():
         host = host.lower()
@@ -226,7 +239,7 @@ def normalize_webpush_endpoint(value: str, allowed_hosts: Iterable[str] | None =
     # urlsplit silently drops tabs and newlines (WHATWG behaviour), so they
     # must be refused before parsing or the stored URL would differ from the
     # one the client meant.
-    if any(ch.isspace() for ch in value) or _has_control(value):
+    if any(ch.isspace() for ch in value) or has_control(value):
         raise ValueError("must not contain whitespace or control characters")
     if not _is_utf8_encodable(value):
         raise ValueError("must be valid unicode (no lone surrogates)")
@@ -278,6 +291,24 @@ def normalize_webpush_endpoint(value: str, allowed_hosts: Iterable[str] | None =
     if not query.isascii():
         query = quote(query, safe="/%:@!$&'()*+,;=?~-._")
     return f"https://{netloc}{path}?{query}" if query else f"https://{netloc}{path}"
+
+
+def normalize_token(
+    provider: Provider, value: str, allowed_hosts: Iterable[str] | None = None
+) -> str:
+    """A push token in the one spelling it is stored in, or ValueError.
+
+    Registration (both dialects), dead-token feedback and delivery's own prune
+    all call this, so that a token reported dead matches the one registered:
+    a drift between them would silently stop pruning. ``allowed_hosts``
+    narrows where a Web Push endpoint may point; a prune leaves it out, so an
+    endpoint stored before the list was narrowed can still go.
+    """
+    if provider is Provider.APNS:
+        return normalize_apns_token(value)
+    if provider is Provider.FCM:
+        return check_fcm_token(value)
+    return normalize_webpush_endpoint(value, allowed_hosts)
 
 
 def _decode_base64url(value: str, size: int) -> bytes:
@@ -389,11 +420,6 @@ def check_recent_moment(value: datetime) -> datetime:
         raise ValueError(message)
     return moment
 # ------------------------------------------------------------------ delivery
-
-
-def has_control_characters(value: str) -> bool:
-    """Whether ``value`` holds a character of Unicode's Cc category (C0, DEL, C1)."""
-    return _has_control(value)
 
 
 def replace_control_characters(value: str, replacement: str = "?") -> str:

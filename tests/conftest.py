@@ -13,9 +13,10 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway import protocol
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.database import resolve_database_url
+from gateway.embedded import resolve_database_url
 from gateway.keys import EXECUTOR
 from gateway.store import apply_schema
 
@@ -59,6 +60,12 @@ def database_url() -> Iterator[str]:
         yield dsn
     finally:
         asyncio.run(_drop_database(admin_dsn, name))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def gateway_protocol() -> None:
+    """Every test's server answers as `gateway serve` does (gateway.protocol)."""
+    protocol.install()
 
 
 @pytest.fixture

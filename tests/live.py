@@ -15,6 +15,8 @@ from typing import Any, Self, TypeVar
 
 from aiohttp import web
 
+from gateway import protocol
+
 T = TypeVar("T")
 
 
@@ -25,6 +27,7 @@ class LiveServer:
     def __init__(
         self, app: web.Application, name: str = "live-gateway", **runner_options: Any
     ) -> None:
+        protocol.install()
         self.app = app
         self.runner = web.AppRunner(app, **runner_options)
         self.loop = asyncio.new_event_loop()

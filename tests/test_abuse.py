@@ -26,11 +26,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import exposition
 
-from gateway import observability
 from gateway.app import create_app
 from gateway.commands import SessionRef
 from gateway.config import ConfigError, Settings
 from gateway.keys import EXECUTOR, INTERNAL_STORE
+from gateway.observability import metrics as observability
 from gateway.store import apply_schema
 from tests.conftest import ClientFactory, layer_headers
 from tests.faults_support import (
@@ -273,7 +273,7 @@ async def test_scrapes_in_a_loop_render_the_text_once_a_second(client, monkeypat
         rendered: bytes = real(registry)
         return rendered
 
-    monkeypatch.setattr("gateway.observability.generate_latest", counting)
+    monkeypatch.setattr("gateway.observability.metrics.generate_latest", counting)
     started = time.monotonic()
     texts = {await (await client.get("/metrics")).read() for _ in range(50)}
     elapsed = time.monotonic() - started

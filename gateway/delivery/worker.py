@@ -533,16 +533,3 @@ async def running_workers(
 
 
 DELIVERY_WORKERS = web.AppKey("delivery_workers", list)
-
-
-async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Runs the workers inside `serve` when credentials are configured."""
-    from gateway.keys import SETTINGS
-    from gateway.observability import METRICS
-
-    stats = DeliveryStats()
-    async with running_workers(app[SETTINGS], stats) as workers:
-        if workers:
-            app[METRICS].registry.register(DeliveryCollector(stats))
-        app[DELIVERY_WORKERS] = workers
-        yield

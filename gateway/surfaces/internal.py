@@ -5,28 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
-import hmac
 import logging
-import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from datetime import datetime
 from typing import Any
 
-import orjson
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load
 from marshmallow.validate import Range
 
 from gateway import validation
+from gateway.bearer import bearer_matches, key_digest
 from gateway.commands import (
     DeadToken,
     FindTargets,
     OpenSession,
     Provider,
     PruneTokens,
-    SessionRef,
+    RevokeSession,
 )
 from gateway.errors import (
     AdminKeyRejected,
@@ -43,8 +39,17 @@ from gateway.errors import (
     SessionNotFound,
     UnknownEndpoint,
 )
-from gateway.keys import INTERNAL_STORE, SETTINGS
-from gateway.parsing import Text, json_object, load, one_of
+from gateway.keys import EXECUTOR, SETTINGS
+from gateway.parsing import Text, identifier, load, one_of, read_json_object
+from gateway.wire import (
+    Detail,
+    ErrorRow,
+    ErrorTable,
+    Handler,
+    json_response,
+    row_for,
+    session_from_token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +81,7 @@ MAX_SESSION_TTL = validation.MAX_SESSION_TTL
 # user ids must not come back whole.
 MAX_PROBLEMS_SHOWN = 20
 
-_SESSION_TOKEN = re.compile(r"[0-9a-fA-F]{32}")
-# Exactly Unicode's Cc category, which validation.check_identifier refuses; one
-# regex search per id keeps a 100,000-id audience at ~40 ms instead of ~0.8 s.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
-_TOKEN_CHECKS: dict[Provider, Callable[[str], str]] = {
-    Provider.APNS: validation.normalize_apns_token,
-    Provider.FCM: validation.check_fcm_token,
-    # Normalised as a bind stores it, so that any spelling of a subscription
-    # prunes it. The allow-list is not applied: it guards what is stored, and
-    # an endpoint stored before it was narrowed must still be prunable.
-    Provider.WEBPUSH: validation.normalize_webpush_endpoint,
-}
 # What each push service says when a token is gone for good: APNs 410
 # Unregistered and 400 BadDeviceToken, FCM v1 UNREGISTERED, and the HTTP status
 # of a Web Push service.
@@ -97,9 +90,6 @@ DEAD_TOKEN_REASONS: dict[Provider, frozenset[str]] = {
     Provider.FCM: frozenset({"UNREGISTERED"}),
     Provider.WEBPUSH: frozenset({"404", "410"}),
 }
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 # ------------------------------------------------------------------ parsing
 
@@ -129,7 +119,7 @@ class UserIds(fields.Field):  # type: ignore[type-arg]
         for index, item in enumerate(value):
             if not isinstance(item, str):
                 problems[index] = ["must be a string"]
-            elif not item or len(item) > validation.MAX_ID_LENGTH or _CONTROL.search(item):
+            elif not item or len(item) > validation.MAX_ID_LENGTH or validation.has_control(item):
                 try:
                     validation.check_identifier(item)
                 except ValueError as exc:
@@ -139,16 +129,6 @@ class UserIds(fields.Field):  # type: ignore[type-arg]
         if problems:
             raise ValidationError(problems)
         return value
-
-
-class WholeSeconds(fields.Integer):
-    """A strict integer; JSON true is not 1 second."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
-        if isinstance(value, bool):
-            raise self.make_error("invalid")
-        result: int = super()._deserialize(value, attr, data, **kwargs)
-        return result
 
 
 class RecentMoment(fields.AwareDateTime):
@@ -192,7 +172,7 @@ class DeadTokenSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    provider = Text(one_of(DEAD_TOKEN_REASONS), required=True)
+    provider = Text(required=True, validate=one_of(DEAD_TOKEN_REASONS))
     token = Text(required=True)
     reason = Text(required=True)
     # RFC 3339 with an offset: a push service's answer is a moment, not a
@@ -214,8 +194,9 @@ class DeadTokenSchema(Schema):
                 {"reason": [f"must be one of, for {provider.value}: " + ", ".join(sorted(reasons))]}
             )
         try:
-            # APNs tokens are stored lowercase; the others as registered.
-            token = _TOKEN_CHECKS[provider](data["token"])
+            # As registration normalised it; the Web Push allow-list guards
+            # what is stored, not what may be pruned.
+            token = validation.normalize_token(provider, data["token"])
         except ValueError as exc:
             raise ValidationError({"token": [str(exc)]}) from None
         return DeadToken(provider=provider, token=token, observed_at=data["observed_at"])
@@ -249,8 +230,9 @@ class SessionSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    user = Text(validation.check_identifier, required=True)
-    ttl = WholeSeconds(
+    user = identifier(required=True)
+    # marshmallow 4's Integer refuses JSON true (it is not 1 second) on its own.
+    ttl = fields.Integer(
         strict=True,
         load_default=None,
         validate=Range(1, MAX_SESSION_TTL, error="must be between {min} and {max} seconds"),
@@ -274,42 +256,7 @@ FEEDBACK_SCHEMA = FeedbackSchema()
 ADMIN_KEY_DIGEST = web.AppKey("internal_admin_key_digest", bytes)
 
 
-async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, read up to ``limit`` bytes.
-
-    Read here rather than with request.read(): the app's client_max_size is
-    sized for the public dialects and is far too small for an audience.
-    """
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestTooLarge(f"the body must be at most {limit} bytes")
-    body = bytearray()
-    try:
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            body += chunk
-            if len(body) > limit:
-                raise RequestTooLarge(f"the body must be at most {limit} bytes")
-    except RequestPayloadError:
-        raise MalformedRequest("the body does not match its Content-Encoding") from None
-    return json_object(bytes(body))
-
-
 # ------------------------------------------------------------------ the key
-
-
-def key_digest(key: str) -> bytes:
-    """What a bearer key is kept as and compared by (see bearer_matches)."""
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
-
-
-def bearer_matches(request: web.Request, expected: bytes | None) -> bool:
-    """Whether the request's ``Authorization: Bearer`` key has the digest ``expected``."""
-    scheme, _, credential = request.headers.get("Authorization", "").strip().partition(" ")
-    # Digests of equal length, so the comparison takes the same time whatever
-    # the caller sent, its length included.
-    presented = key_digest(credential.strip())
-    if expected is None or scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(presented, expected)
 
 
 def _authorize(request: web.Request) -> None:
@@ -343,7 +290,6 @@ async def find_targets(request: web.Request) -> web.StreamResponse:
     query = load(request.app[TARGETS_SCHEMA], body)
     response = web.StreamResponse()
     response.content_type = NDJSON
-    store = request.app[INTERNAL_STORE]
     settings = request.app[SETTINGS]
     write_timeout = settings.internal_write_timeout
     loop = asyncio.get_running_loop()
@@ -360,7 +306,8 @@ async def find_targets(request: web.Request) -> web.StreamResponse:
         async with asyncio.timeout_at(min(loop.time() + write_timeout, last_write)):
             await response.write(chunk)
 
-    async with contextlib.aclosing(store.find_targets(query)) as batches:
+    targets: AsyncGenerator[list[bytes], None] = await request.app[EXECUTOR].execute(query)
+    async with contextlib.aclosing(targets) as batches:
         # A failure before the first batch still gets an error status; after
         # the status has gone out, cutting the connection is the only signal.
         batch: list[bytes] = await anext(batches, [])
@@ -401,22 +348,22 @@ async def find_targets(request: web.Request) -> web.StreamResponse:
 
 async def prune_dead_tokens(request: web.Request) -> web.Response:
     command = load(FEEDBACK_SCHEMA, await read_json_object(request, MAX_FEEDBACK_BODY_BYTES))
-    removed = await request.app[INTERNAL_STORE].prune_tokens(command) if command.tokens else 0
-    return _json(200, {"removed": removed})
+    removed = await request.app[EXECUTOR].execute(command)
+    return json_response(200, {"removed": removed})
 
 
 async def open_session(request: web.Request) -> web.Response:
     body = await read_json_object(request, MAX_SESSION_BODY_BYTES)
     command = load(request.app[SESSION_SCHEMA], body)
-    opened = await request.app[INTERNAL_STORE].open_session(command)
-    return _json(201, {"token": opened.token, "expires_at": opened.expires_at})
+    opened = await request.app[EXECUTOR].execute(command)
+    return json_response(201, {"token": opened.token, "expires_at": opened.expires_at})
 
 
 async def end_session(request: web.Request) -> web.Response:
-    token = request.match_info["token"]
-    if not _SESSION_TOKEN.fullmatch(token):
+    session = session_from_token(request.match_info["token"])
+    if session is None:
         raise InvalidParameters([Problem("token", "must be 32 hexadecimal characters")])
-    await request.app[INTERNAL_STORE].end_session(SessionRef.from_token(token.lower()))
+    await request.app[EXECUTOR].execute(RevokeSession(session))
     return web.Response(status=204)
 
 
@@ -457,47 +404,42 @@ def owns(path: str) -> bool:
 # ------------------------------------------------------------------ errors
 
 
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
-    )
-
-
-_STATUS: list[tuple[type[GatewayError], int, str, str]] = [
-    (AdminKeyRejected, 401, "unauthorized", "'Authorization: Bearer <admin key>' is required"),
-    (InvalidParameters, 400, "invalid_parameters", "Invalid parameters"),
-    (MalformedRequest, 400, "malformed_request", "The body must be a JSON object"),
-    (SessionNotFound, 404, "session_not_found", "No live session has this token"),
-    (NotificationNotFound, 404, "notification_not_found", "No notification has this id"),
-    (
-        IdempotencyKeyReused,
-        409,
-        "idempotency_key_reused",
+# Each domain error as the internal API tells it; the first row whose kind the error is wins.
+ERRORS: ErrorTable = (
+    ErrorRow(
+        AdminKeyRejected, 401, "unauthorized", "'Authorization: Bearer <admin key>' is required"
+    ),
+    ErrorRow(InvalidParameters, 400, "invalid_parameters", "Invalid parameters"),
+    ErrorRow(
+        MalformedRequest, 400, "malformed_request", "The body must be a JSON object",
+        detail=Detail.OWN,
+    ),
+    ErrorRow(SessionNotFound, 404, "session_not_found", "No live session has this token"),
+    ErrorRow(NotificationNotFound, 404, "notification_not_found", "No notification has this id"),
+    ErrorRow(
+        IdempotencyKeyReused, 409, "idempotency_key_reused",
         "This Idempotency-Key came with a different request",
     ),
-    (UnknownEndpoint, 404, "unknown_endpoint", "There is no such endpoint"),
-    (MethodNotAllowed, 405, "method_not_allowed", "This method is not allowed here"),
-    (RequestTooLarge, 413, "request_too_large", "The request body is too large"),
-    (DatabaseUnavailable, 503, "database_unavailable", "The database is unavailable"),
-    (DatabaseError, 500, "database_error", "A database error occurred"),
-]
+    ErrorRow(UnknownEndpoint, 404, "unknown_endpoint", "There is no such endpoint"),
+    ErrorRow(MethodNotAllowed, 405, "method_not_allowed", "This method is not allowed here"),
+    ErrorRow(
+        RequestTooLarge, 413, "request_too_large", "The request body is too large",
+        detail=Detail.OWN,
+    ),
+    ErrorRow(DatabaseUnavailable, 503, "database_unavailable", "The database is unavailable"),
+    ErrorRow(DatabaseError, 500, "database_error", "A database error occurred"),
+    ErrorRow(GatewayError, 500, "internal_error", "An unexpected error occurred"),
+)
 
 
 def render_error(exc: GatewayError) -> web.Response:
     """The one place a domain error becomes an internal API error body."""
-    status, code, message = 500, "internal_error", "An unexpected error occurred"
-    for kind, kind_status, kind_code, kind_message in _STATUS:
-        if isinstance(exc, kind):
-            status, code, message = kind_status, kind_code, kind_message
-            break
-    error: dict[str, Any] = {"code": code, "message": message}
-    match exc:
-        case InvalidParameters(problems=problems):
-            shown = problems[:MAX_PROBLEMS_SHOWN]
-            error["message"] = "; ".join(f"{p.parameter}: {p.message}" for p in shown)
-            error["parameters"] = [{"name": p.parameter, "message": p.message} for p in shown]
-        case MalformedRequest() | RequestTooLarge() if str(exc):
-            # Our own wording (or aiohttp's reason), never a caller's input.
-            error["message"] = str(exc)
-    headers = {"WWW-Authenticate": 'Bearer realm="gateway-internal"'} if status == 401 else None
-    return _json(status, {"error": error}, headers)
+    row = row_for(ERRORS, exc)
+    # Our own wording (or aiohttp's reason) when the row takes it, never a caller's input.
+    error: dict[str, Any] = {"code": row.code, "message": row.message_for(exc)}
+    if isinstance(exc, InvalidParameters):
+        shown = exc.problems[:MAX_PROBLEMS_SHOWN]
+        error["message"] = "; ".join(f"{p.parameter}: {p.message}" for p in shown)
+        error["parameters"] = [{"name": p.parameter, "message": p.message} for p in shown]
+    headers = {"WWW-Authenticate": 'Bearer realm="gateway-internal"'} if row.status == 401 else None
+    return json_response(row.status, {"error": error}, headers)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-import orjson
 from aiohttp import web
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
+from marshmallow import EXCLUDE, Schema, ValidationError, post_load
 
 from gateway import validation
 from gateway.commands import (
@@ -41,7 +40,16 @@ from gateway.errors import (
     UnknownEndpoint,
 )
 from gateway.keys import EXECUTOR, SETTINGS
-from gateway.parsing import SESSION_KEY, Text, json_object, load, one_of, read_body
+from gateway.parsing import Text, identifier, load, one_of, read_json_object, rule
+from gateway.wire import (
+    Detail,
+    ErrorRow,
+    ErrorTable,
+    Handler,
+    json_response,
+    row_for,
+    session_from_token,
+)
 
 MEDIA_TYPE = "application/vnd.layer+json"
 DOCS_URL = "https://developer.layer.com/docs/client/rest"
@@ -51,15 +59,14 @@ DOCS_URL = "https://developer.layer.com/docs/client/rest"
 _AUTHORIZATION = re.compile(
     r"""\s*Layer\s+session-token\s*=\s*(?:"([^"]*)"|'([^']*)')\s*""", re.IGNORECASE
 )
-_SESSION_TOKEN = re.compile(r"[0-9a-fA-F]{32}")
 # [0-9], not \d: \d would let other scripts' digits through (as gateway.validation notes).
-_IOS_VERSION = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){0,2}")
-_TYPES = {"apns": Provider.APNS, "gcm": Provider.FCM}
+IOS_VERSION = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){0,2}")
+TYPES = {"apns": Provider.APNS, "gcm": Provider.FCM}
 _TYPE_NAMES = {Provider.APNS: "apns", Provider.FCM: "gcm", Provider.WEBPUSH: "webpush"}
 
 
 def _ios_version(value: str) -> str:
-    if not _IOS_VERSION.fullmatch(value):
+    if not IOS_VERSION.fullmatch(value):
         raise ValueError("must be a version number like 9.0")
     return value
 
@@ -71,23 +78,18 @@ class RegisterSchema(Schema):
         unknown = EXCLUDE
 
     token = Text(required=True)
-    type = Text(one_of(_TYPES), required=True)
-    device_id = Text(validation.check_identifier, required=True)
-    apns_bundle_id = Text(validation.check_identifier, load_default=None)
-    gcm_sender_id = Text(validation.check_identifier, load_default=None)
-    ios_version = Text(_ios_version, load_default=None)
-    session = fields.Raw(required=True, data_key=SESSION_KEY)
+    type = Text(required=True, validate=one_of(TYPES))
+    device_id = identifier(required=True)
+    apns_bundle_id = identifier(load_default=None, metadata={"description": "apns only"})
+    gcm_sender_id = identifier(load_default=None, metadata={"description": "gcm only"})
+    ios_version = Text(load_default=None, validate=rule(_ios_version))
 
     @post_load
-    def make_command(self, data: dict[str, Any], **_: Any) -> RegisterToken:
-        provider = _TYPES[data["type"]]
-        check = (
-            validation.normalize_apns_token
-            if provider is Provider.APNS
-            else validation.check_fcm_token
-        )
+    def make_command(self, data: dict[str, Any], **_: Any) -> Callable[[SessionRef], RegisterToken]:
+        """The registration, waiting for the session the surface read beside the body."""
+        provider = TYPES[data["type"]]
         try:
-            token = check(data["token"])
+            token = validation.normalize_token(provider, data["token"])
         except ValueError as exc:
             raise ValidationError({"token": [str(exc)]}) from None
         if provider is Provider.FCM:
@@ -96,8 +98,8 @@ class RegisterSchema(Schema):
                     raise ValidationError({apns_only: ["applies to apns tokens only"]})
         elif data["gcm_sender_id"] is not None:
             raise ValidationError({"gcm_sender_id": ["applies to gcm tokens only"]})
-        return RegisterToken(
-            session=data["session"],
+        return functools.partial(
+            RegisterToken,
             device_id=data["device_id"],
             provider=provider,
             token=token,
@@ -125,13 +127,13 @@ class LogInSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    identity_token = Text(_identity_token, required=True)
-    app_id = Text(validation.check_identifier, required=True)
-    ttl = fields.Integer(required=True, data_key=SESSION_KEY)
+    identity_token = Text(required=True, validate=rule(_identity_token))
+    app_id = identifier(required=True)
 
     @post_load
-    def make_command(self, data: dict[str, Any], **_: Any) -> LogIn:
-        return LogIn(data["identity_token"], data["app_id"], data["ttl"])
+    def make_command(self, data: dict[str, Any], **_: Any) -> Callable[[int], LogIn]:
+        """The log-in, waiting for the session lifetime the gateway grants."""
+        return functools.partial(LogIn, data["identity_token"], data["app_id"])
 
 
 LOG_IN_SCHEMA = LogInSchema()
@@ -168,9 +170,6 @@ def _check_accept(request: web.Request) -> None:
         raise NotAcceptable(f"Accept must be {_accepted(versions)}")
 
 
-Handler = Callable[[web.Request], Awaitable[web.Response]]
-
-
 def _route(handler: Handler) -> Handler:
     """A Layer route: the Accept check first, and a fresh nonce on every 401.
 
@@ -181,7 +180,7 @@ def _route(handler: Handler) -> Handler:
     """
 
     @functools.wraps(handler)
-    async def serve(request: web.Request) -> web.Response:
+    async def serve(request: web.Request) -> web.StreamResponse:
         _check_accept(request)
         try:
             return await handler(request)
@@ -199,10 +198,7 @@ def _route(handler: Handler) -> Handler:
 @functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
 def _session_of(authorization: str) -> SessionRef | None:
     match = _AUTHORIZATION.fullmatch(authorization)
-    token = (match.group(1) or match.group(2)) if match else None
-    if token is None or not _SESSION_TOKEN.fullmatch(token):
-        return None
-    return SessionRef.from_token(token.lower())
+    return session_from_token((match.group(1) or match.group(2)) if match else None)
 
 
 def _session(request: web.Request) -> SessionRef:
@@ -212,18 +208,13 @@ def _session(request: web.Request) -> SessionRef:
     return session
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    return json_object(await read_body(request))
-
-
 @_route
 async def register_push_token(request: web.Request) -> web.Response:
     executor = request.app[EXECUTOR]
     # Refused before the body is read: a flood costs no parsing.
     session = executor.admit(_session(request))
-    body = await _json_object(request)
-    body[SESSION_KEY] = session
-    await executor.execute(load(REGISTER_SCHEMA, body), admitted=session)
+    registration = load(REGISTER_SCHEMA, await read_json_object(request))
+    await executor.execute(registration(session), admitted=session)
     return web.Response(status=202)
 
 
@@ -261,30 +252,29 @@ def _registration(row: dict[str, Any]) -> dict[str, Any]:
 @_route
 async def list_push_tokens(request: web.Request) -> web.Response:
     rows = await request.app[EXECUTOR].execute(ListRegistrations(_session(request)))
-    return _json(200, [_registration(row) for row in rows])
+    return json_response(200, [_registration(row) for row in rows])
 
 
 @_route
 async def end_session(request: web.Request) -> web.Response:
-    token = request.match_info["session_token"]
-    if not _SESSION_TOKEN.fullmatch(token):
+    session = session_from_token(request.match_info["session_token"])
+    if session is None:
         raise MissingCredentials()
-    await request.app[EXECUTOR].execute(EndSession(SessionRef.from_token(token.lower())))
+    await request.app[EXECUTOR].execute(EndSession(session))
     return web.Response(status=204)
 
 
 @_route
 async def issue_nonce(request: web.Request) -> web.Response:
     nonce = await request.app[EXECUTOR].execute(IssueNonce())
-    return _json(201, {"nonce": nonce})
+    return json_response(201, {"nonce": nonce})
 
 
 @_route
 async def log_in(request: web.Request) -> web.Response:
-    body = await _json_object(request)
-    body[SESSION_KEY] = request.app[SETTINGS].session_ttl
-    opened = await request.app[EXECUTOR].execute(load(LOG_IN_SCHEMA, body))
-    return _json(201, {"session_token": opened.token})
+    log_in = load(LOG_IN_SCHEMA, await read_json_object(request))
+    opened = await request.app[EXECUTOR].execute(log_in(request.app[SETTINGS].session_ttl))
+    return json_response(201, {"session_token": opened.token})
 
 
 def setup_routes(app: web.Application) -> None:
@@ -297,92 +287,89 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_delete("/sessions/{session_token}", end_session)
 
 
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        body=orjson.dumps(body),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-def _error(
-    status: int,
-    code: int,
-    error_id: str,
-    message: str,
-    data: dict[str, Any] | None = None,
-    nonce: str | None = None,
-) -> web.Response:
-    body = {
-        "id": error_id,
-        "code": code,
-        "message": message,
-        "url": f"{DOCS_URL}#{error_id}",
-        "data": (data or {}) | ({"nonce": nonce} if nonce is not None else {}),
-    }
-    headers = _CHALLENGE if status == 401 else _RETRY_SOON if status in {429, 503} else None
-    return _json(status, body, headers)
-
-
 _CHALLENGE = {"WWW-Authenticate": "Layer"}
 # Overload and rate limits clear within a second; an outage is worth retrying
 # as soon as that.
 _RETRY_SOON = {"Retry-After": "1"}
+
+# The first bad property of an InvalidParameters, by whether it was missing.
+MISSING_PROPERTY = ErrorRow(
+    InvalidParameters, 422, 104, "{property} is required", id="missing_property"
+)
+INVALID_PROPERTY = ErrorRow(
+    InvalidParameters, 422, 105, "{property} {problem}", id="invalid_property"
+)
+
+# Each domain error as Layer tells it; the first row whose kind the error is wins.
+ERRORS: ErrorTable = (
+    ErrorRow(MalformedRequest, 400, 10, "The request is malformed", "invalid_request", Detail.OWN),
+    ErrorRow(
+        MissingCredentials, 401, 4,
+        "A valid Authorization header with a session-token is required",
+        "authentication_required",
+    ),
+    ErrorRow(
+        SessionNotFound, 401, 4, "The session is unknown, expired or ended",
+        "authentication_required",
+    ),
+    ErrorRow(
+        IdentityRejected, 401, 4, "Identity token refused", "authentication_required",
+        Detail.REASON,
+    ),
+    ErrorRow(
+        AuthenticationNotConfigured, 501, 4,
+        "Identity-token authentication is not configured on this gateway",
+        "authentication_not_configured",
+    ),
+    ErrorRow(NotAcceptable, 406, 107, f"Accept must be {MEDIA_TYPE}", "invalid_header", Detail.OWN),
+    ErrorRow(UnknownEndpoint, 404, 106, "There is no such endpoint", "invalid_endpoint"),
+    ErrorRow(MethodNotAllowed, 405, 109, "This method is not allowed here", "method_not_allowed"),
+    ErrorRow(
+        RequestTooLarge, 413, 10, "The request body is too large", "invalid_request", Detail.OWN
+    ),
+    ErrorRow(
+        RateLimited, 429, 7, "Too many requests for this session; retry later",
+        "rate_limit_exceeded",
+    ),
+    ErrorRow(
+        DatabaseUnavailable, 503, 1, "The service is temporarily unavailable",
+        "service_unavailable",
+    ),
+    ErrorRow(
+        Overloaded, 503, 1, "The service is temporarily unavailable", "service_unavailable"
+    ),
+    ErrorRow(DatabaseError, 500, 100, "A database error occurred", "internal_server_error"),
+    ErrorRow(GatewayError, 500, 100, "An unexpected error occurred", "internal_server_error"),
+)
+# The rows the OpenAPI document describes, the property errors among them.
+DOCUMENTED_ERRORS: ErrorTable = (MISSING_PROPERTY, INVALID_PROPERTY, *ERRORS)
+
+
+def _error(
+    row: ErrorRow, message: str, data: dict[str, Any] | None = None, nonce: str | None = None
+) -> web.Response:
+    body = {
+        "id": row.id,
+        "code": row.code,
+        "message": message,
+        "url": f"{DOCS_URL}#{row.id}",
+        "data": (data or {}) | ({"nonce": nonce} if nonce is not None else {}),
+    }
+    status = row.status
+    headers = _CHALLENGE if status == 401 else _RETRY_SOON if status in {429, 503} else None
+    return json_response(status, body, headers)
 
 
 def render_error(exc: GatewayError, nonce: str | None = None) -> web.Response:
     """The one place a domain error becomes a Layer error body; 401s carry ``nonce``."""
     match exc:
         case InvalidParameters(problems=[first, *_]):
-            if first.missing:
-                return _error(
-                    422, 104, "missing_property", f"{first.parameter} is required",
-                    {"property": first.parameter},
-                )
-            return _error(
-                422, 105, "invalid_property", f"{first.parameter} {first.message}",
-                {"property": first.parameter},
-            )
-        case MalformedRequest():
-            return _error(400, 10, "invalid_request", str(exc) or "The request is malformed")
-        case MissingCredentials():
-            return _error(
-                401, 4, "authentication_required",
-                "A valid Authorization header with a session-token is required", nonce=nonce,
-            )
-        case SessionNotFound():
-            return _error(
-                401, 4, "authentication_required", "The session is unknown, expired or ended",
-                nonce=nonce,
-            )
-        case IdentityRejected():
-            return _error(
-                401, 4, "authentication_required", f"Identity token refused: {exc}", nonce=nonce
-            )
-        case AuthenticationNotConfigured():
-            return _error(
-                501, 4, "authentication_not_configured",
-                "Identity-token authentication is not configured on this gateway",
-            )
-        case NotAcceptable():
-            return _error(
-                406, 107, "invalid_header",
-                str(exc) or f"Accept must be {MEDIA_TYPE}", {"header": "Accept"},
-            )
-        case UnknownEndpoint():
-            return _error(404, 106, "invalid_endpoint", "There is no such endpoint")
-        case MethodNotAllowed():
-            return _error(405, 109, "method_not_allowed", "This method is not allowed here")
-        case RequestTooLarge():
-            return _error(413, 10, "invalid_request", str(exc) or "The request body is too large")
-        case RateLimited():
-            return _error(
-                429, 7, "rate_limit_exceeded", "Too many requests for this session; retry later"
-            )
-        case DatabaseUnavailable() | Overloaded():
-            return _error(503, 1, "service_unavailable", "The service is temporarily unavailable")
-        case DatabaseError():
-            return _error(500, 100, "internal_server_error", "A database error occurred")
-        case _:
-            return _error(500, 100, "internal_server_error", "An unexpected error occurred")
+            row = MISSING_PROPERTY if first.missing else INVALID_PROPERTY
+            message = row.message.format(property=first.parameter, problem=first.message)
+            return _error(row, message, {"property": first.parameter})
+        case InvalidParameters():
+            # Never raised empty; told as the unexpected error it would be.
+            return _error(ERRORS[-1], ERRORS[-1].message)
+    row = row_for(ERRORS, exc)
+    data = {"header": "Accept"} if isinstance(exc, NotAcceptable) else None
+    return _error(row, row.message_for(exc), data, nonce if row.status == 401 else None)

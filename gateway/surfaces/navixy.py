@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load
+from marshmallow import EXCLUDE, Schema, ValidationError, post_load
 
 from gateway import validation
 from gateway.commands import (
@@ -40,27 +40,31 @@ from gateway.errors import (
 from gateway.keys import EXECUTOR, SETTINGS
 from gateway.parsing import (
     REPEATED,
-    SESSION_KEY,
     JsonObject,
+    Normalized,
     Text,
     decode_pairs,
-    json_object,
     load,
     one_of,
     read_body,
+    read_json_object,
+)
+from gateway.wire import (
+    SESSION_TOKEN,
+    ErrorRow,
+    ErrorTable,
+    Handler,
+    json_response,
+    row_for,
+    session_from_token,
 )
 
 PREFIXES = ("/v2", "")
-_HASH = re.compile(r"[0-9a-fA-F]{32}")
 _AUTHORIZATION = re.compile(r"NVX ([^ ]*)")
-_APPLICATIONS = {
+APPLICATIONS = {
     "navixy_iphone_viewer": Provider.APNS,
     "navixy_android_viewer": Provider.FCM,
     "w3c_pushapi": Provider.WEBPUSH,
-}
-_TOKEN_CHECKS: dict[Provider, Callable[[str], str]] = {
-    Provider.APNS: validation.normalize_apns_token,
-    Provider.FCM: validation.check_fcm_token,
 }
 _SUCCESS = orjson.dumps({"success": True})
 
@@ -69,8 +73,8 @@ class WebPushKeysSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    p256dh = Text(validation.check_webpush_p256dh, required=True)
-    auth = Text(validation.check_webpush_auth, required=True)
+    p256dh = Normalized(validation.check_webpush_p256dh, required=True)
+    auth = Normalized(validation.check_webpush_auth, required=True)
 
     @post_load
     def make_keys(self, data: dict[str, str], **_: Any) -> WebPushKeys:
@@ -83,11 +87,18 @@ class BindSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    application = Text(one_of(_APPLICATIONS), required=True)
+    # Read by the surface before the schema (a bad or missing hash is code 3,
+    # whatever else is wrong), declared here because it is on the wire.
+    hash = Text(
+        metadata={
+            "pattern": f"^{SESSION_TOKEN.pattern}$",
+            "description": "the session; also `Authorization: NVX <hash>`",
+        },
+    )
+    application = Text(required=True, validate=one_of(APPLICATIONS))
     token = Text(required=True)
     parameters = JsonObject(WebPushKeysSchema, load_default=None)
     category_filter = Text(load_default="*")
-    session = fields.Raw(required=True, data_key=SESSION_KEY)
 
     def __init__(
         self, categories: frozenset[str], webpush_hosts: tuple[str, ...] | None = None
@@ -96,17 +107,15 @@ class BindSchema(Schema):
         self.categories = categories
         self.webpush_hosts = webpush_hosts
 
-    def _check_token(self, provider: Provider, token: str) -> str:
-        if provider is Provider.WEBPUSH:
-            return validation.normalize_webpush_endpoint(token, self.webpush_hosts)
-        return _TOKEN_CHECKS[provider](token)
-
     @post_load
-    def make_command(self, data: dict[str, Any], **_: Any) -> RegisterToken:
-        provider = _APPLICATIONS[data["application"]]
+    def make_command(
+        self, data: dict[str, Any], **_: Any
+    ) -> Callable[[SessionRef], RegisterToken]:
+        """The binding, waiting for the session the surface read from the hash."""
+        provider = APPLICATIONS[data["application"]]
         errors: dict[str, list[str]] = {}
         try:
-            token = self._check_token(provider, data["token"])
+            token = validation.normalize_token(provider, data["token"], self.webpush_hosts)
         except ValueError as exc:
             errors["token"] = [str(exc)]
         if provider is Provider.WEBPUSH and data["parameters"] is None:
@@ -121,8 +130,8 @@ class BindSchema(Schema):
             errors["category_filter"] = [str(exc)]
         if errors:
             raise ValidationError(errors)
-        return RegisterToken(
-            session=data["session"],
+        return functools.partial(
+            RegisterToken,
             device_id=None,
             provider=provider,
             token=token,
@@ -167,7 +176,7 @@ async def _with_body(request: web.Request, parameters: dict[str, Any]) -> dict[s
     if request.method != "POST" or not request.body_exists:
         return parameters
     if request.content_type == "application/json":
-        body = json_object(await read_body(request))
+        body = await read_json_object(request)
     elif request.content_type == "application/x-www-form-urlencoded":
         body = _single_values(decode_pairs(await read_body(request), request.charset))
     elif request.content_type == "multipart/form-data":
@@ -204,20 +213,10 @@ def _session(request: web.Request, parameters: dict[str, Any]) -> SessionRef:
             value = match.group(1) if match else None
             if value is None:
                 raise MissingCredentials()
-    session = _session_of(value) if isinstance(value, str) else None
+    session = session_from_token(value)
     if session is None:
         raise MissingCredentials()
     return session
-
-
-# A client sends the same hash on every request: its digest is a pure function
-# of it, kept in a small LRU per process (the hashes stay in this process's
-# memory, as each request's do while it runs).
-@functools.lru_cache(maxsize=4096)
-def _session_of(value: str) -> SessionRef | None:
-    if not _HASH.fullmatch(value):
-        return None
-    return SessionRef.from_token(value.lower())
 
 
 def _success() -> web.Response:
@@ -226,9 +225,9 @@ def _success() -> web.Response:
 
 async def bind_push_token(request: web.Request) -> web.Response:
     parameters, admitted = await _parameters(request)
-    parameters[SESSION_KEY] = _session(request, parameters)
-    command = load(request.app[BIND_SCHEMA], parameters)
-    await request.app[EXECUTOR].execute(command, admitted=admitted)
+    session = _session(request, parameters)
+    binding = load(request.app[BIND_SCHEMA], parameters)
+    await request.app[EXECUTOR].execute(binding(session), admitted=admitted)
     return _success()
 
 
@@ -255,7 +254,7 @@ async def unknown_action(request: web.Request) -> web.Response:
     raise UnknownEndpoint()
 
 
-ACTIONS: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {
+ACTIONS: dict[str, Handler] = {
     "user/session/push_token/bind": bind_push_token,
     "user/session/push_token/delete": delete_push_token,
     "user/logout": logout,
@@ -286,40 +285,36 @@ def owns(path: str) -> bool:
     return path.startswith(("/v2/", "/user/")) or path == "/v2"
 
 
-_STATUS: list[tuple[type[GatewayError], int, int, str]] = [
-    (DatabaseError, 500, 1, "Database error"),
-    (MissingCredentials, 400, 3, "Wrong hash"),
-    (SessionNotFound, 400, 4, "User or API key not found or session ended"),
-    (MalformedRequest, 400, 5, "Wrong request format"),
-    (InvalidParameters, 400, 7, "Invalid parameters"),
-    (RequestTooLarge, 412, 9, "Too large request"),
-    (DatabaseUnavailable, 503, 14, "Database unavailable"),
+# Each domain error as Navixy tells it; the first row whose kind the error is wins.
+ERRORS: ErrorTable = (
+    ErrorRow(DatabaseError, 500, 1, "Database error"),
+    ErrorRow(MissingCredentials, 400, 3, "Wrong hash"),
+    ErrorRow(SessionNotFound, 400, 4, "User or API key not found or session ended"),
+    ErrorRow(MalformedRequest, 400, 5, "Wrong request format"),
+    ErrorRow(InvalidParameters, 400, 7, "Invalid parameters"),
+    ErrorRow(RequestTooLarge, 412, 9, "Too large request"),
+    ErrorRow(DatabaseUnavailable, 503, 14, "Database unavailable"),
     # Navixy has no code for a saturated service; the database's write queue
     # is what is full, so it is told as the database being unavailable.
-    (Overloaded, 503, 14, "Database unavailable"),
-    (RateLimited, 429, 15, "Too many requests (rate limit exceeded)"),
-    (UnknownEndpoint, 400, 111, "Wrong handler"),
-    (MethodNotAllowed, 400, 112, "Wrong method"),
-]
+    ErrorRow(Overloaded, 503, 14, "Database unavailable"),
+    ErrorRow(RateLimited, 429, 15, "Too many requests (rate limit exceeded)"),
+    ErrorRow(UnknownEndpoint, 400, 111, "Wrong handler"),
+    ErrorRow(MethodNotAllowed, 400, 112, "Wrong method"),
+    ErrorRow(GatewayError, 500, 6, "Unexpected error"),
+)
 
 
 def render_error(exc: GatewayError) -> web.Response:
     """The one place a domain error becomes a Navixy error envelope."""
-    status, code, description = 500, 6, "Unexpected error"
-    for kind, kind_status, kind_code, kind_description in _STATUS:
-        if isinstance(exc, kind):
-            status, code, description = kind_status, kind_code, kind_description
-            break
+    row = row_for(ERRORS, exc)
     body: dict[str, Any] = {
         "success": False,
-        "status": {"code": code, "description": description},
+        "status": {"code": row.code, "description": row.message},
     }
     if isinstance(exc, InvalidParameters):
         body["errors"] = [
             {"parameter": problem.parameter, "error": problem.message}
             for problem in exc.problems
         ]
-    headers = {"Retry-After": "1"} if status in {429, 503} else None
-    return web.Response(
-        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
-    )
+    headers = {"Retry-After": "1"} if row.status in {429, 503} else None
+    return json_response(row.status, body, headers)

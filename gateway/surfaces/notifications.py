@@ -11,7 +11,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import orjson
 from aiohttp import web
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validates_schema
@@ -22,6 +21,7 @@ from gateway.commands import (
     FindTargets,
     ListDeliveries,
     Provider,
+    Row,
     SendNotification,
     ShowNotification,
 )
@@ -29,17 +29,11 @@ from gateway.delivery import apns, fcm, webpush
 from gateway.delivery.providers import Push
 from gateway.errors import InvalidParameters, Problem
 from gateway.keys import EXECUTOR, SETTINGS
-from gateway.parsing import Text, load, one_of
+from gateway.parsing import Text, load, one_of, read_json_object, rule
 from gateway.store import NotificationProgress
-from gateway.surfaces.internal import (
-    MAX_TARGETS_BODY_BYTES,
-    Handler,
-    TargetsSchema,
-    WholeSeconds,
-    admin_only,
-    read_json_object,
-)
-from gateway.validation import has_control_characters
+from gateway.surfaces.internal import MAX_TARGETS_BODY_BYTES, TargetsSchema, admin_only
+from gateway.validation import has_control
+from gateway.wire import Handler, json_response
 
 NOTIFICATIONS = "/internal/v1/notifications"
 
@@ -60,7 +54,7 @@ APNS_HEADERS = ("apns-push-type", "apns-priority", "apns-expiration", "apns-coll
 
 def _collapse_key(value: str) -> str:
     # It travels as an HTTP header (apns-collapse-id, Topic): no control characters.
-    if not value or len(value.encode()) > MAX_COLLAPSE_KEY_BYTES or has_control_characters(value):
+    if not value or len(value.encode()) > MAX_COLLAPSE_KEY_BYTES or has_control(value):
         raise ValueError(f"must be 1 to {MAX_COLLAPSE_KEY_BYTES} bytes without control characters")
     return value
 
@@ -87,8 +81,8 @@ class ApnsOverride(Schema):
 
     aps = fields.Dict(load_default=None, error_messages={"invalid": "must be an object"})
     headers = fields.Dict(
-        keys=Text(one_of(APNS_HEADERS)),
-        values=Text(_header_value),
+        keys=Text(validate=one_of(APNS_HEADERS)),
+        values=Text(validate=rule(_header_value)),
         load_default=None,
         error_messages={"invalid": "must be an object"},
     )
@@ -105,14 +99,14 @@ class FcmOverride(Schema):
 class NotificationSchema(TargetsSchema):
     """The body of POST /internal/v1/notifications: /targets' audience and the message."""
 
-    ttl = WholeSeconds(
+    ttl = fields.Integer(
         strict=True,
         load_default=DEFAULT_TTL,
         validate=Range(1, MAX_TTL, error="must be between {min} and {max} seconds"),
         error_messages={"invalid": "must be a whole number of seconds"},
     )
-    priority = Text(one_of(("high", "normal")), load_default="high")
-    collapse_key = Text(_collapse_key, load_default=None)
+    priority = Text(load_default="high", validate=one_of(("high", "normal")))
+    collapse_key = Text(load_default=None, validate=rule(_collapse_key))
     title = Text(load_default=None)
     body = Text(load_default=None)
     data = _strings()
@@ -221,7 +215,9 @@ class DeliveriesQuery(Schema):
     class Meta:
         unknown = RAISE
 
-    outcome = Text(one_of(state.value for state in DeliveryState), load_default=None)
+    outcome = Text(
+        load_default=None, validate=one_of(state.value for state in DeliveryState)
+    )
     after = fields.Integer(
         strict=False,
         load_default=0,
@@ -266,10 +262,6 @@ def _notification_id(request: web.Request) -> uuid.UUID:
         raise InvalidParameters([Problem("id", "must be a notification id (a UUID)")]) from None
 
 
-def _json(status: int, body: Any) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
 def parse_notification(
     schema: NotificationSchema, body: dict[str, Any], idempotency_key: str | None
 ) -> SendNotification:
@@ -287,8 +279,8 @@ async def send_notification(request: web.Request) -> web.Response:
     key = _idempotency_key(request)
     body = await read_json_object(request, MAX_NOTIFICATION_BODY_BYTES)
     command = parse_notification(request.app[NOTIFICATION_SCHEMA], body, key)
-    queued = await request.app[EXECUTOR].execute_delivery(command)
-    return _json(202, {"id": str(queued.id), "targets": queued.targets})
+    queued = await request.app[EXECUTOR].execute(command)
+    return json_response(202, {"id": str(queued.id), "targets": queued.targets})
 
 
 def progress_document(progress: NotificationProgress) -> dict[str, Any]:
@@ -322,11 +314,11 @@ def progress_document(progress: NotificationProgress) -> dict[str, Any]:
 
 async def show_notification(request: web.Request) -> web.Response:
     executor = request.app[EXECUTOR]
-    progress = await executor.execute_delivery(ShowNotification(_notification_id(request)))
-    return _json(200, progress_document(progress))
+    progress = await executor.execute(ShowNotification(_notification_id(request)))
+    return json_response(200, progress_document(progress))
 
 
-def delivery_document(row: asyncpg.Record) -> dict[str, Any]:
+def delivery_document(row: Row) -> dict[str, Any]:
     return {
         "id": row["id"],
         "user": row["user_id"],
@@ -347,7 +339,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     notification_id = _notification_id(request)
     query = load(DELIVERIES_QUERY, dict(request.query))
     outcome = query["outcome"]
-    rows = await request.app[EXECUTOR].execute_delivery(
+    rows = await request.app[EXECUTOR].execute(
         ListDeliveries(
             notification_id=notification_id,
             outcome=None if outcome is None else DeliveryState(outcome),
@@ -358,7 +350,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     page = [delivery_document(row) for row in rows]
     # A full page may have more behind it: the next one starts after its last id.
     after = page[-1]["id"] if len(page) == query["limit"] else None
-    return _json(200, {"deliveries": page, "next_after": after})
+    return json_response(200, {"deliveries": page, "next_after": after})
 
 
 ROUTES: list[tuple[str, str, Handler]] = [

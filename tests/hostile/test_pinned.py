@@ -104,7 +104,7 @@ def test_corrupt_content_encoding_is_a_client_error(gateway, encoding, dialect):
 
 
 # Requests aiohttp's HTTP layer refuses before any handler or middleware runs. It used to
-# answer 400/417 itself, in text/plain, echoing the offending bytes; gateway.app replaces
+# answer 400/417 itself, in text/plain, echoing the offending bytes; gateway.protocol replaces
 # the two functions that wrote those answers. A request whose line could not be read has
 # no path, so it gets Layer's error, the dialect of the root.
 LOGOUT_LINE = b"GET /v2/user/logout HTTP/1.1\r\nHost: x\r\n"

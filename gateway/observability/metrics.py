@@ -1,55 +1,32 @@
-"""What operators see: Prometheus metrics, JSON log lines, and the request id that ties them."""
+"""What operators scrape: Prometheus metrics of the requests, the pools, the group commit and
+the registrations."""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
 import contextlib
-import contextvars
 import itertools
 import logging
-import os
-import re
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
-from datetime import UTC, datetime
-from typing import Any, TextIO
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 
 import orjson
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web_request import BaseRequest
-from aiohttp.web_response import StreamResponse
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from gateway.bearer import bearer_matches, key_digest
 from gateway.commands import Provider
 from gateway.errors import GatewayError
-from gateway.keys import EXECUTOR, INTERNAL_STORE, SETTINGS
-from gateway.store import Store
-from gateway.surfaces import internal, navixy
+from gateway.keys import DATABASE_PROBE, INTERNAL_PROBE, SETTINGS
+from gateway.observability.logs import Observation, route_of
+from gateway.probes import DatabaseProbe
 
 log = logging.getLogger(__name__)
-
-REQUEST_ID_HEADER = "X-Request-Id"
-
-# A caller's id is kept only when it cannot smuggle anything into a log line
-# or a header: short, and from a set that needs no escaping anywhere.
-_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-# A made id is this process's random prefix and a counter: 32 hex characters
-# like a uuid4's, unique across processes and restarts, but about a tenth of
-# uuid4's cost, which this service pays on every request.
-_ID_PREFIX = os.urandom(8).hex()
-_id_counter = itertools.count(1)
-
-_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "request_id", default=None
-)
 
 # The gateway answers in about a millisecond; a second is already a failure.
 LATENCY_BUCKETS = (
@@ -61,51 +38,6 @@ _LATENCY_LABELS = [
 ]
 # GroupCommitter caps a batch at 1024 commands.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-
-# Where a route's path says which dialect it speaks.
-_LAYER_PREFIXES = ("/push_tokens", "/sessions/")
-# The catch-all route's template is /internal{tail}.
-_INTERNAL_TEMPLATE = internal.PREFIX + "{"
-UNMATCHED_ROUTE = "unmatched"
-# Marks a request answered before routing (the HTTP parser refused it), whose
-# match_info aiohttp never set: reading it would fail an assertion.
-UNROUTED = web.RequestKey("gateway_unrouted", bool)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_id_counter):016x}"
-
-
-def request_id_of(request: BaseRequest) -> str:
-    """The caller's X-Request-Id when it is safe to echo, else a new one."""
-    given = request.headers.get(REQUEST_ID_HEADER)
-    if given is not None and _SANE_REQUEST_ID.fullmatch(given):
-        return given
-    return _new_request_id()
-
-
-def dialect_of(path: str) -> str:
-    """layer, navixy, internal or other: the dialect a path (or route template) speaks."""
-    if navixy.owns(path):
-        return "navixy"
-    if path.startswith(_LAYER_PREFIXES):
-        return "layer"
-    if internal.owns(path) or path.startswith(_INTERNAL_TEMPLATE):
-        return "internal"
-    return "other"
-
-
-def route_of(request: BaseRequest) -> str:
-    """The matched route's template, never the raw path: paths carry device ids and tokens."""
-    # A request aiohttp refused before routing is a bare BaseRequest, or (from
-    # its HTTP parser) a web.Request that was never routed.
-    if not isinstance(request, web.Request) or request.get(UNROUTED, False):
-        return UNMATCHED_ROUTE
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else UNMATCHED_ROUTE
-
 
 # ---------------------------------------------------------------- metrics
 
@@ -178,7 +110,10 @@ class Metrics:
     sum in Prometheus.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dialect_at: Callable[[str], str] = lambda path: "other") -> None:
+        # The dialect label of a path: the surfaces' registry says (see
+        # gateway.app); this module knows no surface.
+        self._dialect_at = dialect_at
         self.registry = CollectorRegistry()
         self.requests = RequestCollector()
         self.registry.register(self.requests)
@@ -231,7 +166,7 @@ class Metrics:
         # Unmatched requests share one route label; their path still says
         # whose error they got.
         key: Hashable = (
-            (resource, status) if resource is not None else (dialect_of(request.path), status)
+            (resource, status) if resource is not None else (self._dialect_at(request.path), status)
         )
         stats = self._stats.get(key)
         if stats is None:
@@ -240,7 +175,9 @@ class Metrics:
 
     def _new_stats(self, request: web.Request, status: int) -> RouteStats:
         route = route_of(request)
-        dialect = dialect_of(route if route != UNMATCHED_ROUTE else request.path)
+        # A route's requests all lie under the surface that added it, so the
+        # first one's path says the route's dialect.
+        dialect = self._dialect_at(request.path)
         # Resources with the same template share its stats.
         return self.requests.stats.setdefault((route, dialect, str(status)), RouteStats())
 
@@ -260,18 +197,18 @@ class Metrics:
 
     def read_pools(self, app: web.Application) -> None:
         """The pools' figures at scrape time, from the pools themselves: no query."""
-        executor = app.get(EXECUTOR)
-        if executor is None:
+        probe = app.get(DATABASE_PROBE)
+        if probe is None:
             return
-        size, idle, maximum = executor.store.pool_usage()
+        size, idle, maximum = probe.pool_usage()
         self.pool_size.set(size)
         self.pool_idle.set(idle)
         self.pool_max.set(maximum)
-        size, idle, _ = app[INTERNAL_STORE].pool_usage()
+        size, idle, _ = app[INTERNAL_PROBE].pool_usage()
         self.internal_pool_size.set(size)
         self.internal_pool_idle.set(idle)
 
-    async def recount_registrations(self, store: Store) -> bool:
+    async def recount_registrations(self, store: DatabaseProbe) -> bool:
         """Count the registrations by provider into the gauge; whether the count succeeded."""
         try:
             counts = await store.count_registrations_by_provider()
@@ -286,42 +223,16 @@ class Metrics:
 
 METRICS = web.AppKey("metrics", Metrics)
 
+# nginx's status for a request whose client went away.
+CLIENT_CLOSED_REQUEST = 499
 
-@web.middleware
-async def observe_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Gives the request its id (on log lines and the response), counts and times it.
 
-    It must be the outermost middleware, so that error responses get the
-    header and the count too.
-    """
-    started = time.perf_counter()
-    request_id = request_id_of(request)
-    reset_token = _request_id.set(request_id)
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        if not response.prepared:
-            response.headers[REQUEST_ID_HEADER] = request_id
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        exc.headers[REQUEST_ID_HEADER] = request_id
-        raise
-    except asyncio.CancelledError:
-        # The client went away; nginx's name for that.
-        status = 499
-        raise
-    finally:
-        _request_id.reset(reset_token)
+def count_response(request: web.Request, observation: Observation, status: int) -> None:
+    """Counts and times the request's answer, once; not one the app never saw."""
+    started = observation.started
+    if started is not None:
+        observation.started = None
         request.app[METRICS].observe_request(request, status, time.perf_counter() - started)
-
-
-async def _stamp_streamed_response(request: web.Request, response: StreamResponse) -> None:
-    """A response a handler sends itself (a stream) goes out before the middleware sees it."""
-    request_id = _request_id.get()
-    if request_id is not None and REQUEST_ID_HEADER not in response.headers:
-        response.headers[REQUEST_ID_HEADER] = request_id
 
 
 # The digest of GATEWAY_METRICS_TOKEN, or None when /metrics is open.
@@ -340,7 +251,7 @@ _METRICS_KEY_REQUIRED = orjson.dumps(
 async def serve_metrics(request: web.Request) -> web.Response:
     """What a scrape costs: the pools' counters and the text; the database is not asked."""
     expected = request.app.get(METRICS_KEY_DIGEST)
-    if expected is not None and not internal.bearer_matches(request, expected):
+    if expected is not None and not bearer_matches(request, expected):
         return web.Response(
             status=401,
             body=_METRICS_KEY_REQUIRED,
@@ -353,26 +264,19 @@ async def serve_metrics(request: web.Request) -> web.Response:
     )
 
 
-def setup(app: web.Application) -> None:
-    """Adds /metrics and the app's registry; call after the database's cleanup context."""
-    stamp_log_records()
-    app[METRICS] = Metrics()
+def setup(app: web.Application, dialect_at: Callable[[str], str]) -> None:
+    """Adds /metrics and the app's registry, before the database lifecycle that reads it."""
+    app[METRICS] = Metrics(dialect_at)
     token = app[SETTINGS].metrics_token
     if token is not None:
-        app[METRICS_KEY_DIGEST] = internal.key_digest(token)
-    app.cleanup_ctx.append(_observe_group_commit)
+        app[METRICS_KEY_DIGEST] = key_digest(token)
+    # After the database lifecycle in cleanup_ctx: it counts through the probe
+    # that makes (a KeyError at start-up otherwise).
     app.cleanup_ctx.append(_recount_registrations)
-    app.on_response_prepare.append(_stamp_streamed_response)
     app.router.add_get("/metrics", serve_metrics, allow_head=False)
 
 
-async def _observe_group_commit(app: web.Application) -> AsyncIterator[None]:
-    # Runs after database_ctx has made the executor and its writer.
-    app[EXECUTOR].writer.on_batch = app[METRICS].batch_size.observe
-    yield
-
-
-async def _recount_forever(metrics: Metrics, store: Store, interval: float) -> None:
+async def _recount_forever(metrics: Metrics, store: DatabaseProbe, interval: float) -> None:
     healthy = True
     while True:
         counted = await metrics.recount_registrations(store)
@@ -390,7 +294,7 @@ async def _recount_registrations(app: web.Application) -> AsyncIterator[None]:
     connection the public dialects need.
     """
     task = asyncio.create_task(
-        _recount_forever(app[METRICS], app[INTERNAL_STORE], app[SETTINGS].metrics_refresh_seconds),
+        _recount_forever(app[METRICS], app[INTERNAL_PROBE], app[SETTINGS].metrics_refresh_seconds),
         name="recount-registrations",
     )
     yield
@@ -399,115 +303,3 @@ async def _recount_registrations(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-# ---------------------------------------------------------------- logging
-
-# Attributes every LogRecord has; anything else on a record came as an extra.
-_RECORD_ATTRIBUTES = frozenset(
-    logging.LogRecord("", 0, "", 0, "", None, None).__dict__
-) | {"message", "asctime", "request_id"}
-
-# Defence in depth: nothing should log a credential or a push token, but a
-# message quoting a path, a request line (aiohttp's own "Error handling
-# request") or an exception must not carry one by accident. Session tokens,
-# hashes and APNs tokens are long hex runs; the rest travel as named parameters.
-_SECRET_LIKE = re.compile(r"[0-9A-Fa-f]{32,}")
-_SECRET_PARAMETER = re.compile(
-    r"(?i)\b(hash|token|session-token|p256dh|auth|parameters|authorization)(=|%3D)[^&\s'\"]*"
-)
-_REDACTED = "[redacted]"
-
-
-def _redact(text: str) -> str:
-    text = _SECRET_PARAMETER.sub(rf"\1\2{_REDACTED}", text)
-    return _SECRET_LIKE.sub(_REDACTED, text)
-
-
-_stamping = False
-
-
-def stamp_log_records() -> None:
-    """Every log record made from now on remembers the request it was made in.
-
-    At the record's birth, not when it is formatted: a handler may format it
-    later, elsewhere (a queue, pytest's caplog), when the request is over.
-    """
-    global _stamping
-    if _stamping:
-        return
-    _stamping = True
-    make_record = logging.getLogRecordFactory()
-
-    def stamped(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = make_record(*args, **kwargs)
-        record.request_id = _request_id.get()
-        return record
-
-    logging.setLogRecordFactory(stamped)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, message, request_id, then the extras."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": _redact(record.getMessage()),
-        }
-        request_id = getattr(record, "request_id", None)
-        if request_id is not None:
-            entry["request_id"] = request_id
-        entry["pid"] = record.process
-        for name, value in record.__dict__.items():
-            if name not in _RECORD_ATTRIBUTES and name not in entry:
-                entry[name] = value
-        if record.exc_info:
-            entry["exc"] = _redact(self.formatException(record.exc_info))
-        elif record.exc_text:
-            entry["exc"] = _redact(record.exc_text)
-        return orjson.dumps(entry, default=str).decode()
-
-
-def setup_logging(level: int = logging.INFO, stream: TextIO | None = None) -> None:
-    """JSON lines on stderr; like logging.basicConfig, does nothing if logging is configured."""
-    stamp_log_records()
-    root = logging.getLogger()
-    if root.handlers:
-        return
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root.addHandler(handler)
-    root.setLevel(level)
-
-
-class AccessLogger(AbstractAccessLogger):
-    """The access log: method, route template, status, duration and request id.
-
-    Never the raw path or query string: the Navixy GET form carries the
-    session hash in the query, and Layer paths carry session tokens.
-    """
-
-    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        route = route_of(request)
-        # The request's own context has ended by now; the id is on the response.
-        reset_token = _request_id.set(response.headers.get(REQUEST_ID_HEADER))
-        try:
-            self.logger.info(
-                "%s %s %d",
-                request.method,
-                route,
-                response.status,
-                extra={
-                    "method": request.method,
-                    "route": route,
-                    "status": response.status,
-                    "duration_ms": round(time * 1000, 3),
-                },
-            )
-        finally:
-            _request_id.reset(reset_token)
-
-    @property
-    def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)

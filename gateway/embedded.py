@@ -1,4 +1,5 @@
-"""Finds the database: DATABASE_URL when given, else an embedded PostgreSQL in the data dir."""
+"""The embedded PostgreSQL (pgserver), and finding the database: DATABASE_URL when given, else
+the embedded one in the data dir."""
 
 from __future__ import annotations
 
@@ -46,17 +47,17 @@ def start_embedded(data_dir: Path) -> str:
 # naptime let a batch cost three times what it does on a vacuumed table;
 # schema.sql asks for registrations to be vacuumed after 1,000 dead rows, and
 # this lets autovacuum look that often. README: do the same on your server.
-_SETTINGS = {"autovacuum_naptime": "2s"}
+AUTOVACUUM_NAPTIME = "2s"
+# Whole statements, no text spliced in: ALTER SYSTEM takes no parameters.
+SHOW_AUTOVACUUM_NAPTIME = "SHOW autovacuum_naptime;"
+SET_AUTOVACUUM_NAPTIME = "ALTER SYSTEM SET autovacuum_naptime = '2s';"
+RELOAD_CONFIGURATION = "SELECT pg_reload_conf();"
 
 
 def _tune(server: Any) -> None:
-    changed = False
-    for name, value in _SETTINGS.items():
-        if value not in server.psql(f"SHOW {name};").split():
-            server.psql(f"ALTER SYSTEM SET {name} = '{value}';")
-            changed = True
-    if changed:
-        server.psql("SELECT pg_reload_conf();")
+    if AUTOVACUUM_NAPTIME not in server.psql(SHOW_AUTOVACUUM_NAPTIME).split():
+        server.psql(SET_AUTOVACUUM_NAPTIME)
+        server.psql(RELOAD_CONFIGURATION)
 
 
 def resolve_database_url(database_url: str | None, data_dir: Path) -> str:
