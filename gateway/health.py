@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.errors import GatewayError
 from gateway.keys import DATABASE_PROBE
+from gateway.wire import Operation
 
 
 async def health_live(request: web.Request) -> web.Response:
@@ -29,3 +30,19 @@ async def health_ready(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/health/live", health_live, allow_head=False)
     app.router.add_get("/health/ready", health_ready, allow_head=False)
+
+
+# The routes above as the OpenAPI document tells them.
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "get", "/health/live", "health_live", "The process answers",
+        200, "Alive", "Health",
+        authenticated=False,
+    ),
+    Operation(
+        "get", "/health/ready", "health_ready", "The database answers a query",
+        200, "Ready", "Health",
+        other_answers=((503, "The database is down", "Health"),),
+        authenticated=False,
+    ),
+)

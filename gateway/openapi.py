@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -12,36 +13,21 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
-from gateway import validation
-from gateway.commands import DeliveryState
+from gateway import health
 from gateway.config import DEFAULT_LAYER_VERSIONS
 from gateway.keys import SETTINGS
-from gateway.observability import REQUEST_ID_HEADER
-from gateway.surfaces import internal, layer, navixy, notifications
-from gateway.wire import SESSION_TOKEN, describe
+from gateway.observability import REQUEST_ID_HEADER, metrics
+from gateway.surfaces import internal, layer, navixy, notifications, vapid
+from gateway.wire import SESSION_TOKEN_PATTERN, Operation, describe
 
 OPENAPI_VERSION = "3.1.0"
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
 
-# Patterns are ECMA-262, as JSON Schema reads them; they restate
-# gateway.validation's rules for the document's readers and generators, and
-# the code stays the authority.
-_HEX_32 = f"^{SESSION_TOKEN.pattern}$"
-_IDENTIFIER = validation.IDENTIFIER_JSON_SCHEMA
-_PUSH_TOKEN: dict[str, Any] = {
-    # Both the APNs and the FCM form; which applies depends on the type.
-    "pattern": "^[A-Za-z0-9_:-]+$",
-    "minLength": validation.FCM_TOKEN_MIN_LENGTH,
-    "maxLength": validation.FCM_TOKEN_MAX_LENGTH,
-    "description": (
-        f"APNs: {validation.APNS_TOKEN_MIN_LENGTH} to {validation.APNS_TOKEN_MAX_LENGTH} hex "
-        f"digits, an even number (stored lowercase). FCM: {validation.FCM_TOKEN_MIN_LENGTH} to "
-        f"{validation.FCM_TOKEN_MAX_LENGTH} characters of [A-Za-z0-9_:-]."
-    ),
-}
-_BASE64URL = "^[A-Za-z0-9_-]+={0,2}$"
+# The patterns the document states beside the surfaces' own fields are
+# ECMA-262, as JSON Schema reads them; gateway.validation's code stays the authority.
+_HEX_32 = SESSION_TOKEN_PATTERN
 
 # The two pages' own examples.
 _LAYER_EXAMPLE = {
@@ -244,17 +230,6 @@ def _json_schema(plugin: MarshmallowPlugin, schema: Schema | type[Schema]) -> di
     return converted
 
 
-def _request_schema(
-    plugin: MarshmallowPlugin, schema: Schema, refinements: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    """A surface's schema as JSON Schema, with what the schema cannot say added."""
-    converted = _json_schema(plugin, schema)
-    properties = converted["properties"]
-    for name, extra in refinements.items():
-        properties[name] = {**properties.get(name, {}), **extra}
-    return converted
-
-
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -264,10 +239,7 @@ def _headers(*names: str) -> dict[str, Any]:
 
 
 def _answer(description: str, schema: str | None = None, *headers: str) -> dict[str, Any]:
-    answer: dict[str, Any] = {"description": description, "headers": _headers(*headers)}
-    if schema is not None:
-        answer["content"] = {JSON: {"schema": _ref(schema)}}
-    return answer
+    return _declared_answer(description, schema, JSON, *headers)
 
 
 def _json_body(schema: str) -> dict[str, Any]:
@@ -312,175 +284,119 @@ def _layer_accept() -> dict[str, Any]:
     }
 
 
+def _declared_answer(
+    description: str, schema: str | dict[str, Any] | None, media_type: str, *headers: str
+) -> dict[str, Any]:
+    """An answer as an Operation declares it: its schema a component's name or inline."""
+    answer: dict[str, Any] = {"description": description, "headers": _headers(*headers)}
+    if schema is not None:
+        answer["content"] = {
+            media_type: {"schema": _ref(schema) if isinstance(schema, str) else schema}
+        }
+    return answer
+
+
+def _no_errors(*statuses: int) -> dict[str, Any]:
+    """For operations that answer from no error table."""
+    if statuses:
+        raise ValueError(f"statuses {statuses} name no error table")
+    return {}
+
+
+def _operation(
+    plugin: MarshmallowPlugin,
+    operation: Operation,
+    *,
+    tags: list[str],
+    security: list[dict[str, list[str]]],
+    parameters: list[dict[str, Any]],
+    errors: Callable[..., dict[str, Any]],
+) -> dict[str, Any]:
+    """One declared operation as the document's Operation Object."""
+    success = _declared_answer(operation.answer, operation.answer_schema, operation.media_type)
+    others = {
+        str(status): _declared_answer(
+            description, schema, JSON, *(("WWW-Authenticate",) if status == 401 else ())
+        )
+        for status, description, schema in operation.other_answers
+    }
+    document: dict[str, Any] = {
+        "tags": tags,
+        "operationId": operation.operation_id,
+        "summary": operation.summary,
+    }
+    if operation.description is not None:
+        document["description"] = operation.description
+    if operation.authenticated:
+        document["security"] = security
+    path_parameters = [
+        {"name": name, "in": "path", "required": True, "schema": schema}
+        for name, schema in operation.path_parameters
+    ]
+    query = []
+    if operation.query is not None:
+        if plugin.converter is None:
+            raise RuntimeError("the MarshmallowPlugin is not attached to an APISpec")
+        query = [
+            _without_null(parameter)
+            for parameter in plugin.converter.schema2parameters(
+                operation.query, location="query"
+            )
+        ]
+    every = [*parameters, *path_parameters, *operation.headers, *query]
+    if every:
+        document["parameters"] = every
+    if operation.body is not None:
+        document["requestBody"] = _json_body(operation.body)
+    document["responses"] = {
+        str(operation.status): success, **errors(*operation.errors), **others
+    }
+    return document
+
+
+def _without_null(parameter: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter as a query string carries it: absent, never null."""
+    schema = dict(parameter["schema"])
+    if schema.get("default", ...) is None:
+        del schema["default"]
+    if isinstance(schema.get("type"), list):
+        kinds = [kind for kind in schema["type"] if kind != "null"]
+        schema["type"] = kinds[0] if len(kinds) == 1 else kinds
+    if "enum" in schema:
+        schema["enum"] = [value for value in schema["enum"] if value is not None]
+    return {**parameter, "schema": schema}
+
+
+def _declared_paths(
+    spec: APISpec, plugin: MarshmallowPlugin, operations: tuple[Operation, ...], **shared: Any
+) -> None:
+    """A surface's declared operations, grouped by path in their order."""
+    by_path: dict[str, dict[str, Any]] = {}
+    for operation in operations:
+        by_path.setdefault(operation.path, {})[operation.method] = _operation(
+            plugin, operation, **shared
+        )
+    for path, methods in by_path.items():
+        spec.path(path, operations=methods)
+
+
 def _layer_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
     spec.components.schema(
         "LayerRegister",
-        component=_request_schema(
-            plugin,
-            layer.REGISTER_SCHEMA,
-            {
-                "token": {"type": "string", **_PUSH_TOKEN},
-                "ios_version": {
-                    "pattern": f"^{layer.IOS_VERSION.pattern}$",
-                    "description": "apns only",
-                },
-            },
-        )
+        component=_json_schema(plugin, layer.REGISTER_SCHEMA)
         | {"example": _LAYER_EXAMPLE},
     )
     spec.components.schema("LayerError", schema=LayerErrorSchema)
     spec.components.schema("LayerRegistration", schema=LayerRegistrationSchema)
-    security: list[dict[str, list[str]]] = [{"LayerSession": []}]
-    tags = ["Layer"]
-    spec.path(
-        "/push_tokens",
-        operations={
-            "post": {
-                "tags": tags,
-                "operationId": "layer_register_push_token",
-                "summary": "Register a push token for one of the user's devices",
-                "description": "Registering again for the same device_id replaces its token.",
-                "security": security,
-                "parameters": [_layer_accept()],
-                "requestBody": _json_body("LayerRegister"),
-                "responses": {
-                    "202": _answer("Registered; the write has committed"),
-                    **_layer_errors(400, 401, 406, 413, 422, 429, 500, 503),
-                },
-            },
-            "get": {
-                "tags": tags,
-                "operationId": "layer_list_push_tokens",
-                "summary": "Every live registration of the session's user, newest first",
-                "security": security,
-                "parameters": [_layer_accept()],
-                "responses": {
-                    "200": {
-                        "description": "The registrations, both dialects'",
-                        "headers": _headers(),
-                        "content": {
-                            JSON: {"schema": {"type": "array", "items": _ref("LayerRegistration")}}
-                        },
-                    },
-                    **_layer_errors(401, 406, 429, 500, 503),
-                },
-            },
-        },
-    )
-    spec.path(
-        "/push_tokens/{device_id}",
-        operations={
-            "delete": {
-                "tags": tags,
-                "operationId": "layer_unregister_push_token",
-                "summary": "Unregister the token of one of the user's devices",
-                "security": security,
-                "parameters": [
-                    _layer_accept(),
-                    {
-                        "name": "device_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", **_IDENTIFIER},
-                    },
-                ],
-                "responses": {
-                    "202": _answer("Unregistered, or there was nothing to unregister"),
-                    **_layer_errors(401, 406, 422, 429, 500, 503),
-                },
-            }
-        },
-    )
     spec.components.schema("LayerLogIn", schema=LayerLogInSchema)
-    spec.path(
-        "/nonces",
-        operations={
-            "post": {
-                "tags": tags,
-                "operationId": "layer_issue_nonce",
-                "summary": "Start Layer's authentication handshake: a single-use nonce",
-                "description": (
-                    "The app's backend signs an identity token over the nonce (valid 10"
-                    " minutes); POST /sessions turns it into a session. No session needed."
-                ),
-                "parameters": [_layer_accept()],
-                "responses": {
-                    "201": {
-                        "description": "A new nonce",
-                        "headers": _headers(),
-                        "content": {
-                            JSON: {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["nonce"],
-                                    "properties": {"nonce": {"type": "string"}},
-                                }
-                            }
-                        },
-                    },
-                    **_layer_errors(406, 500, 501, 503),
-                },
-            }
-        },
-    )
-    spec.path(
-        "/sessions",
-        operations={
-            "post": {
-                "tags": tags,
-                "operationId": "layer_log_in",
-                "summary": "Trade an identity token for a session",
-                "description": (
-                    "The identity token is a JWS (RS256, cty layer-eit;v=1, a configured kid)"
-                    " with claims iss, prn, iat, exp and nce, a nonce from POST /nonces,"
-                    " which it uses up."
-                ),
-                "parameters": [_layer_accept()],
-                "requestBody": _json_body("LayerLogIn"),
-                "responses": {
-                    "201": {
-                        "description": "A session, as `gateway session create` makes",
-                        "headers": _headers(),
-                        "content": {
-                            JSON: {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["session_token"],
-                                    "properties": {
-                                        "session_token": {"type": "string", "pattern": _HEX_32}
-                                    },
-                                }
-                            }
-                        },
-                    },
-                    **_layer_errors(400, 401, 406, 413, 422, 500, 501, 503),
-                },
-            }
-        },
-    )
-    spec.path(
-        "/sessions/{session_token}",
-        operations={
-            "delete": {
-                "tags": tags,
-                "operationId": "layer_end_session",
-                "summary": "End a session and its registrations",
-                "description": "The token in the path is the credential; no Authorization needed.",
-                "parameters": [
-                    _layer_accept(),
-                    {
-                        "name": "session_token",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "pattern": _HEX_32},
-                    },
-                ],
-                "responses": {
-                    "204": _answer("The session has ended"),
-                    **_layer_errors(401, 406, 429, 500, 503),
-                },
-            }
-        },
+    _declared_paths(
+        spec,
+        plugin,
+        layer.OPERATIONS,
+        tags=["Layer"],
+        security=[{"LayerSession": []}],
+        parameters=[_layer_accept()],
+        errors=_layer_errors,
     )
 
 
@@ -490,8 +406,11 @@ def _layer_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
 _NAVIXY_ERRORS = describe(navixy.ERRORS)
 
 
-def _navixy_answers() -> dict[str, Any]:
-    answers = {"200": _answer("Done", "NavixySuccess")}
+def _navixy_answers(operation: Operation) -> dict[str, Any]:
+    schema = operation.answer_schema
+    if not isinstance(schema, str):
+        raise ValueError(f"{operation.operation_id} answers no component")
+    answers = {str(operation.status): _answer(operation.answer, schema)}
     for status, description in _NAVIXY_ERRORS.items():
         extra = ("Retry-After",) if status in {429, 503} else ()
         answers[str(status)] = _answer(description, "NavixyError", *extra)
@@ -512,31 +431,7 @@ def _query_parameters(component: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _navixy_paths(spec: APISpec, plugin: MarshmallowPlugin, categories: frozenset[str]) -> None:
-    names = "|".join(sorted(categories))
-    bind = _request_schema(
-        plugin,
-        navixy.BindSchema(categories),
-        {
-            "token": {
-                "type": "string",
-                # Every form the three applications take; which applies
-                # depends on the application.
-                "pattern": (
-                    f"^([A-Za-z0-9_:-]{{{validation.FCM_TOKEN_MIN_LENGTH},"
-                    f"{validation.FCM_TOKEN_MAX_LENGTH}}}|https://[!-~]+)$"
-                ),
-                "maxLength": validation.FCM_TOKEN_MAX_LENGTH,
-                "description": _PUSH_TOKEN["description"]
-                + " w3c_pushapi: the subscription's https endpoint URL.",
-            },
-            "category_filter": {
-                "type": "string",
-                "default": "*",
-                "pattern": f"^ *(\\*|-?({names})( *, *({names}))*) *$",
-                "description": "'*', 'a,b' (only these) or '-a,b' (all but these)",
-            },
-        },
-    )
+    bind = _json_schema(plugin, navixy.BindSchema(categories))
     bind["properties"]["parameters"] = {
         "anyOf": [_ref("WebPushKeys"), {"type": "string"}, {"type": "null"}],
         "default": None,
@@ -556,35 +451,23 @@ def _navixy_paths(spec: APISpec, plugin: MarshmallowPlugin, categories: frozense
     spec.components.schema("NavixySession", schema=NavixySessionSchema)
     spec.components.schema("NavixySuccess", schema=NavixySuccessSchema)
     spec.components.schema("NavixyError", schema=NavixyErrorSchema)
-    keys = spec.components.schemas["WebPushKeys"]
-    keys["properties"]["p256dh"].update(
-        pattern=_BASE64URL, description="base64url of a 65-byte uncompressed P-256 point"
-    )
-    keys["properties"]["auth"].update(pattern=_BASE64URL, description="base64url of 16 bytes")
 
-    session = _json_schema(plugin, NavixySessionSchema)
+    # The form and GET forms of each action, by its JSON body's component.
+    as_text = {
+        "NavixyBind": ("NavixyBindForm", bind_as_text),
+        "NavixySession": ("NavixySession", _json_schema(plugin, NavixySessionSchema)),
+    }
     # The hash also comes as 'Authorization: NVX <hash>'; none at all is an
     # error the action answers (code 3), not one the document forbids.
     security: list[dict[str, list[str]]] = [{}, {"NavixyAuthorization": []}]
-    # (action, operationId stem, JSON body, form body, GET parameters, summary)
-    actions = [
-        (
-            "user/session/push_token/bind", "navixy_bind", "NavixyBind", "NavixyBindForm",
-            bind_as_text, "Bind a push token to the calling session, replacing its earlier one",
-        ),
-        (
-            "user/session/push_token/delete", "navixy_delete", "NavixySession", "NavixySession",
-            session, "Remove the session's binding; succeeds when there is none",
-        ),
-        (
-            "user/logout", "navixy_logout", "NavixySession", "NavixySession",
-            session, "End the session, and its binding with it",
-        ),
-    ]
-    for action, operation_id, json_body, form_body, query, summary in actions:
+    for operation in navixy.OPERATIONS:
+        if operation.body is None:
+            raise ValueError(f"{operation.operation_id} declares no body")
+        action = operation.path.removeprefix("/v2/")
+        form_body, query = as_text[operation.body]
         common = {
             "tags": ["Navixy"],
-            "summary": summary,
+            "summary": operation.summary,
             "description": (
                 f"Also served at /{action} and with a trailing slash. The hash is read from "
                 "the body, then the query string, then `Authorization: NVX <hash>`. Every "
@@ -593,29 +476,29 @@ def _navixy_paths(spec: APISpec, plugin: MarshmallowPlugin, categories: frozense
             "security": security,
         }
         spec.path(
-            f"/v2/{action}",
+            operation.path,
             operations={
                 "post": {
                     **common,
-                    "operationId": f"{operation_id}_post",
+                    "operationId": f"{operation.operation_id}_post",
                     "requestBody": {
-                        "required": json_body != "NavixySession",
+                        # Only the session's hash is asked, and it may come otherwise.
+                        "required": operation.body != "NavixySession",
                         "content": {
-                            JSON: {"schema": _ref(json_body)},
+                            JSON: {"schema": _ref(operation.body)},
                             FORM: {"schema": _ref(form_body)},
                         },
                     },
-                    "responses": _navixy_answers(),
+                    "responses": _navixy_answers(operation),
                 },
                 "get": {
                     **common,
-                    "operationId": f"{operation_id}_get",
+                    "operationId": f"{operation.operation_id}_get",
                     "parameters": _query_parameters(query),
-                    "responses": _navixy_answers(),
+                    "responses": _navixy_answers(operation),
                 },
             },
         )
-
 
 # ------------------------------------------------------------ the senders' internal API
 
@@ -628,43 +511,15 @@ def _internal_errors(*statuses: int) -> dict[str, Any]:
 
 def _internal_paths(spec: APISpec, plugin: MarshmallowPlugin, settings_ttl: int,
                     categories: frozenset[str]) -> None:
-    user_ids = {"type": "array", "items": {"type": "string", **_IDENTIFIER}}
     spec.components.schema(
         "InternalTargetsQuery",
-        component=_request_schema(
-            plugin,
-            internal.TargetsSchema(categories),
-            {
-                "users": {**user_ids, "minItems": 1, "maxItems": internal.MAX_AUDIENCE},
-                "exclude_users": {**user_ids, "maxItems": internal.MAX_AUDIENCE, "default": []},
-                "category": {"type": "string", "enum": sorted(categories)},
-            },
-        ),
+        component=_json_schema(plugin, internal.TargetsSchema(categories)),
     )
     spec.components.schema(
-        "InternalFeedback", component=_request_schema(plugin, internal.FEEDBACK_SCHEMA, {})
-    )
-    feedback = spec.components.schemas["InternalFeedback"]
-    feedback["properties"]["feedback"]["maxItems"] = internal.MAX_FEEDBACK
-    dead = spec.components.schemas["DeadToken"]
-    dead["properties"]["reason"]["description"] = "; ".join(
-        f"{provider.value}: {', '.join(sorted(reasons))}"
-        for provider, reasons in internal.DEAD_TOKEN_REASONS.items()
+        "InternalFeedback", component=_json_schema(plugin, internal.FEEDBACK_SCHEMA)
     )
     spec.components.schema(
-        "InternalOpenSession",
-        component=_request_schema(
-            plugin,
-            internal.SessionSchema(settings_ttl),
-            {
-                "ttl": {
-                    "type": ["integer", "null"],
-                    "minimum": 1,
-                    "maximum": internal.MAX_SESSION_TTL,
-                    "description": "seconds; GATEWAY_SESSION_TTL when absent",
-                },
-            },
-        ),
+        "InternalOpenSession", component=_json_schema(plugin, internal.SessionSchema(settings_ttl))
     )
     for name, schema in [
         ("InternalError", InternalErrorSchema),
@@ -673,78 +528,14 @@ def _internal_paths(spec: APISpec, plugin: MarshmallowPlugin, settings_ttl: int,
         ("InternalOpenedSession", InternalOpenedSessionSchema),
     ]:
         spec.components.schema(name, schema=schema)
-    common = {"tags": ["Internal"], "security": [{"InternalBearer": []}]}
-    spec.path(
-        "/internal/v1/targets",
-        operations={
-            "post": {
-                **common,
-                "operationId": "internal_find_targets",
-                "summary": "The fan-out's targets: live registrations admitting the category",
-                "description": "NDJSON, one InternalTarget a line, streamed as it is read.",
-                "requestBody": _json_body("InternalTargetsQuery"),
-                "responses": {
-                    "200": {
-                        "description": "One InternalTarget per line",
-                        "headers": _headers(),
-                        "content": {internal.NDJSON: {"schema": _ref("InternalTarget")}},
-                    },
-                    **_internal_errors(400, 401, 413, 500, 503),
-                },
-            }
-        },
-    )
-    spec.path(
-        "/internal/v1/feedback",
-        operations={
-            "post": {
-                **common,
-                "operationId": "internal_prune_dead_tokens",
-                "summary": "Remove the registrations of tokens their push service reported dead",
-                "requestBody": _json_body("InternalFeedback"),
-                "responses": {
-                    "200": _answer("How many registrations were removed", "InternalPruned"),
-                    **_internal_errors(400, 401, 413, 500, 503),
-                },
-            }
-        },
-    )
-    spec.path(
-        "/internal/v1/sessions",
-        operations={
-            "post": {
-                **common,
-                "operationId": "internal_open_session",
-                "summary": "Start a session for a user; its token is both dialects' credential",
-                "requestBody": _json_body("InternalOpenSession"),
-                "responses": {
-                    "201": _answer("The new session", "InternalOpenedSession"),
-                    **_internal_errors(400, 401, 413, 500, 503),
-                },
-            }
-        },
-    )
-    spec.path(
-        "/internal/v1/sessions/{token}",
-        operations={
-            "delete": {
-                **common,
-                "operationId": "internal_end_session",
-                "summary": "End a session and its registrations",
-                "parameters": [
-                    {
-                        "name": "token",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "pattern": _HEX_32},
-                    }
-                ],
-                "responses": {
-                    "204": _answer("The session has ended"),
-                    **_internal_errors(400, 401, 404, 500, 503),
-                },
-            }
-        },
+    _declared_paths(
+        spec,
+        plugin,
+        internal.OPERATIONS,
+        tags=["Internal"],
+        security=[{"InternalBearer": []}],
+        parameters=[],
+        errors=_internal_errors,
     )
 
 
@@ -757,20 +548,9 @@ _NOTIFICATION_ERRORS = {
 
 def _notification_paths(spec: APISpec, plugin: MarshmallowPlugin,
                         categories: frozenset[str]) -> None:
-    user_ids = {"type": "array", "items": {"type": "string", **_IDENTIFIER}}
     spec.components.schema(
         "NotificationRequest",
-        component=_request_schema(
-            plugin,
-            notifications.NotificationSchema(categories),
-            {
-                "users": {**user_ids, "minItems": 1, "maxItems": internal.MAX_AUDIENCE},
-                "exclude_users": {**user_ids, "maxItems": internal.MAX_AUDIENCE, "default": []},
-                "category": {"type": "string", "enum": sorted(categories)},
-                "ttl": {"minimum": 1, "maximum": notifications.MAX_TTL, "default": 86400},
-                "priority": {"type": "string", "enum": ["high", "normal"], "default": "high"},
-            },
-        ),
+        component=_json_schema(plugin, notifications.NotificationSchema(categories)),
     )
     for name, schema in [
         ("NotificationQueued", NotificationQueuedSchema),
@@ -778,209 +558,55 @@ def _notification_paths(spec: APISpec, plugin: MarshmallowPlugin,
         ("DeliveriesPage", DeliveriesPageSchema),
     ]:
         spec.components.schema(name, schema=schema)
-    common = {"tags": ["Internal"], "security": [{"InternalBearer": []}]}
-    notification_id = {
-        "name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}
-    }
 
     def errors(*statuses: int) -> dict[str, Any]:
         return _error_answers(_NOTIFICATION_ERRORS, "InternalError", statuses, retry_after=False)
 
-    spec.path(
-        notifications.NOTIFICATIONS,
-        operations={
-            "post": {
-                **common,
-                "operationId": "internal_send_notification",
-                "summary": "Queue a message to every target of the audience; 202 once committed",
-                "description": (
-                    "One delivery row per target, written with the notification in one "
-                    "transaction. Idempotency-Key (1 to 255 visible ASCII characters) makes a "
-                    "retry answer with the first notification."
-                ),
-                "parameters": [
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
-                    }
-                ],
-                "requestBody": _json_body("NotificationRequest"),
-                "responses": {
-                    "202": _answer("The notification and its target count", "NotificationQueued"),
-                    **errors(400, 401, 409, 413, 500, 503),
-                },
-            }
-        },
-    )
-    spec.path(
-        notifications.NOTIFICATIONS + "/{id}",
-        operations={
-            "get": {
-                **common,
-                "operationId": "internal_show_notification",
-                "summary": "A notification's state and its deliveries' outcomes by provider",
-                "parameters": [notification_id],
-                "responses": {
-                    "200": _answer("Its progress", "NotificationProgress"),
-                    **errors(400, 401, 404, 500, 503),
-                },
-            }
-        },
-    )
-    spec.path(
-        notifications.NOTIFICATIONS + "/{id}/deliveries",
-        operations={
-            "get": {
-                **common,
-                "operationId": "internal_list_deliveries",
-                "summary": "A page of its deliveries, by id, of one outcome or all",
-                "parameters": [
-                    notification_id,
-                    {
-                        "name": "outcome",
-                        "in": "query",
-                        "schema": {"type": "string", "enum": [s.value for s in DeliveryState]},
-                    },
-                    {
-                        "name": "after",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
-                    },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": notifications.MAX_DELIVERIES_PAGE,
-                        },
-                    },
-                ],
-                "responses": {
-                    "200": _answer("The page", "DeliveriesPage"),
-                    **errors(400, 401, 404, 500, 503),
-                },
-            }
-        },
+    _declared_paths(
+        spec,
+        plugin,
+        notifications.OPERATIONS,
+        tags=["Internal"],
+        security=[{"InternalBearer": []}],
+        parameters=[],
+        errors=errors,
     )
 
 
 # ------------------------------------------------------------ operations
 
 
-def _operator_paths(spec: APISpec) -> None:
+# This document's own route, declared beside it.
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "get", "/openapi.json", "openapi", "This document",
+        200, "OpenAPI 3.1", {"type": "object"},
+        authenticated=False,
+    ),
+)
+
+
+def _operator_paths(spec: APISpec, plugin: MarshmallowPlugin) -> None:
     spec.components.schema("Health", schema=HealthSchema)
-    tags = ["Operations"]
-    spec.path(
-        "/health/live",
-        operations={
-            "get": {
-                "tags": tags,
-                "operationId": "health_live",
-                "summary": "The process answers",
-                "responses": {"200": _answer("Alive", "Health")},
-            }
-        },
+    operations = (*health.OPERATIONS, *metrics.OPERATIONS, *OPERATIONS)
+    _declared_paths(
+        spec,
+        plugin,
+        operations,
+        tags=["Operations"],
+        # Open unless GATEWAY_METRICS_TOKEN is set.
+        security=[{}, {"MetricsBearer": []}],
+        parameters=[],
+        errors=_no_errors,
     )
-    spec.path(
-        "/health/ready",
-        operations={
-            "get": {
-                "tags": tags,
-                "operationId": "health_ready",
-                "summary": "The database answers a query",
-                "responses": {
-                    "200": _answer("Ready", "Health"),
-                    "503": _answer("The database is down", "Health"),
-                },
-            }
-        },
-    )
-    spec.path(
-        "/metrics",
-        operations={
-            "get": {
-                "tags": tags,
-                "operationId": "metrics",
-                "summary": "This worker process's metrics, in the Prometheus text format",
-                # Open unless GATEWAY_METRICS_TOKEN is set.
-                "security": [{}, {"MetricsBearer": []}],
-                "responses": {
-                    "200": {
-                        "description": "Prometheus exposition format 0.0.4",
-                        "headers": _headers(),
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    },
-                    "401": _answer(
-                        "GATEWAY_METRICS_TOKEN is set and the request lacks it",
-                        "InternalError",
-                        "WWW-Authenticate",
-                    ),
-                },
-            }
-        },
-    )
-    spec.path(
-        "/openapi.json",
-        operations={
-            "get": {
-                "tags": tags,
-                "operationId": "openapi",
-                "summary": "This document",
-                "responses": {
-                    "200": {
-                        "description": "OpenAPI 3.1",
-                        "headers": _headers(),
-                        "content": {JSON: {"schema": {"type": "object"}}},
-                    }
-                },
-            }
-        },
-    )
-
-
-def _webpush_paths(spec: APISpec) -> None:
-    error = {
-        "type": "object",
-        "required": ["error", "message"],
-        "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
-    }
-    spec.path(
-        "/webpush/vapid-public-key",
-        operations={
-            "get": {
-                "tags": ["Web Push"],
-                "operationId": "vapid_public_key",
-                "summary": "The VAPID public key web pages subscribe with (applicationServerKey)",
-                "responses": {
-                    "200": {
-                        "description": "base64url of the 65-byte uncompressed P-256 point",
-                        "headers": _headers(),
-                        "content": {
-                            JSON: {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["public_key"],
-                                    "properties": {
-                                        "public_key": {
-                                            "type": "string",
-                                            "pattern": "^[A-Za-z0-9_-]{87}$",
-                                        }
-                                    },
-                                }
-                            }
-                        },
-                    },
-                    "404": {
-                        "description": "Web Push is not configured (GATEWAY_VAPID_PRIVATE_KEY)",
-                        "headers": _headers(),
-                        "content": {JSON: {"schema": error}},
-                    },
-                },
-            }
-        },
+    _declared_paths(
+        spec,
+        plugin,
+        vapid.OPERATIONS,
+        tags=["Web Push"],
+        security=[],
+        parameters=[],
+        errors=_no_errors,
     )
 
 
@@ -1049,8 +675,7 @@ def build_document(categories: frozenset[str], session_ttl: int) -> dict[str, An
     _navixy_paths(spec, plugin, categories)
     _internal_paths(spec, plugin, session_ttl, categories)
     _notification_paths(spec, plugin, categories)
-    _operator_paths(spec)
-    _webpush_paths(spec)
+    _operator_paths(spec, plugin)
     document: dict[str, Any] = spec.to_dict()
     return document
 

@@ -17,10 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.commands import Provider
 
 __all__ = [
+    "ANY_PUSH_TOKEN_JSON_SCHEMA",
+    "BASE64URL_JSON_PATTERN",
     "DEFAULT_CATEGORIES",
     "IDENTIFIER_JSON_SCHEMA",
     "MAX_ID_LENGTH",
     "MAX_SESSION_TTL",
+    "PUSH_TOKEN_JSON_SCHEMA",
     "category_filter_admits",
     "check_fcm_token",
     "check_identifier",
@@ -91,6 +94,35 @@ IDENTIFIER_JSON_SCHEMA: dict[str, int | str] = {
     "maxLength": MAX_ID_LENGTH,
     "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
 }
+
+_TOKEN_FORMS = (
+    f"APNs: {APNS_TOKEN_MIN_LENGTH} to {APNS_TOKEN_MAX_LENGTH} hex digits, an even number "
+    f"(stored lowercase). FCM: {FCM_TOKEN_MIN_LENGTH} to {FCM_TOKEN_MAX_LENGTH} characters "
+    "of [A-Za-z0-9_:-]."
+)
+
+# normalize_token's rules as JSON Schema states them, for the API document:
+# both the APNs and the FCM form, since which applies depends on the type.
+PUSH_TOKEN_JSON_SCHEMA: dict[str, int | str] = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9_:-]+$",
+    "minLength": FCM_TOKEN_MIN_LENGTH,
+    "maxLength": FCM_TOKEN_MAX_LENGTH,
+    "description": _TOKEN_FORMS,
+}
+
+# The same with Web Push's form: every form the three Navixy applications take.
+ANY_PUSH_TOKEN_JSON_SCHEMA: dict[str, int | str] = {
+    "type": "string",
+    "pattern": (
+        f"^([A-Za-z0-9_:-]{{{FCM_TOKEN_MIN_LENGTH},{FCM_TOKEN_MAX_LENGTH}}}|https://[!-~]+)$"
+    ),
+    "maxLength": FCM_TOKEN_MAX_LENGTH,
+    "description": _TOKEN_FORMS + " w3c_pushapi: the subscription's https endpoint URL.",
+}
+
+# check_webpush_p256dh's and check_webpush_auth's alphabet, as JSON Schema states it.
+BASE64URL_JSON_PATTERN = "^[A-Za-z0-9_-]+={0,2}$"
 
 
 def has_control(value: str) -> bool:

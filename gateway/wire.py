@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from marshmallow import Schema
 
 from gateway.commands import SessionRef
 from gateway.errors import GatewayError
@@ -106,3 +107,45 @@ def describe(table: ErrorTable) -> dict[int, str]:
         if line not in lines.setdefault(row.status, []):
             lines[row.status].append(line)
     return {status: "; ".join(lines[status]) for status in sorted(lines)}
+
+
+# A path parameter's schema when it is a session token, as JSON Schema reads it.
+SESSION_TOKEN_PATTERN = f"^{SESSION_TOKEN.pattern}$"
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One route as the OpenAPI document tells it, declared beside the route it describes.
+
+    The surface's route table stays the authority on what is served;
+    gateway.openapi walks these records and adds what every operation of the
+    surface shares (tag, security, headers, error schema).
+    """
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    # The success answer: its status, its description, and its JSON schema
+    # (a component's name, an inline schema, or None for no body).
+    status: int
+    answer: str
+    answer_schema: str | dict[str, Any] | None = None
+    # The statuses of the surface's error table this operation can answer.
+    errors: tuple[int, ...] = ()
+    description: str | None = None
+    # A component's name: the operation's required JSON request body.
+    body: str | None = None
+    # Path parameters: name and JSON schema.
+    path_parameters: tuple[tuple[str, dict[str, Any]], ...] = ()
+    # Whether the caller must present the surface's session credential.
+    authenticated: bool = True
+    # Header parameters, as the document's Parameter Objects.
+    headers: tuple[dict[str, Any], ...] = ()
+    # The schema the handler reads the query string with: its fields and
+    # validators become the query parameters.
+    query: Schema | None = None
+    # The success answer's media type.
+    media_type: str = "application/json"
+    # Answers that come from no error table: status, description, JSON schema.
+    other_answers: tuple[tuple[int, str, str | dict[str, Any] | None], ...] = ()

@@ -25,6 +25,7 @@ from gateway.errors import GatewayError
 from gateway.keys import DATABASE_PROBE, INTERNAL_PROBE, SETTINGS
 from gateway.observability.logs import Observation, route_of
 from gateway.probes import DatabaseProbe
+from gateway.wire import Operation
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +275,20 @@ def setup(app: web.Application, dialect_at: Callable[[str], str]) -> None:
     # that makes (a KeyError at start-up otherwise).
     app.cleanup_ctx.append(_recount_registrations)
     app.router.add_get("/metrics", serve_metrics, allow_head=False)
+
+
+# The route above as the OpenAPI document tells it.
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "get", "/metrics", "metrics",
+        "This worker process's metrics, in the Prometheus text format",
+        200, "Prometheus exposition format 0.0.4", {"type": "string"},
+        other_answers=(
+            (401, "GATEWAY_METRICS_TOKEN is set and the request lacks it", "InternalError"),
+        ),
+        media_type="text/plain",
+    ),
+)
 
 
 async def _recount_forever(metrics: Metrics, store: DatabaseProbe, interval: float) -> None:

@@ -42,10 +42,12 @@ from gateway.errors import (
 from gateway.keys import EXECUTOR, SETTINGS
 from gateway.parsing import Text, identifier, load, one_of, read_json_object
 from gateway.wire import (
+    SESSION_TOKEN_PATTERN,
     Detail,
     ErrorRow,
     ErrorTable,
     Handler,
+    Operation,
     json_response,
     row_for,
     session_from_token,
@@ -102,7 +104,15 @@ class UserIds(fields.Field):  # type: ignore[type-arg]
     """
 
     def __init__(self, *, min_items: int, max_items: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        # The same bounds as the OpenAPI document's JSON Schema (apispec reads metadata).
+        shape: dict[str, Any] = {
+            "type": "array",
+            "items": {"type": "string", **validation.IDENTIFIER_JSON_SCHEMA},
+            "maxItems": max_items,
+        }
+        if min_items:
+            shape["minItems"] = min_items
+        super().__init__(metadata={**shape, **kwargs.pop("metadata", {})}, **kwargs)
         self.min_items = min_items
         self.max_items = max_items
 
@@ -151,11 +161,17 @@ class TargetsSchema(Schema):
 
     users = UserIds(required=True, min_items=1, max_items=MAX_AUDIENCE)
     category = Text(required=True)
-    exclude_users = UserIds(load_default=list, min_items=0, max_items=MAX_AUDIENCE)
+    exclude_users = UserIds(
+        load_default=list, min_items=0, max_items=MAX_AUDIENCE, metadata={"default": []}
+    )
 
     def __init__(self, categories: frozenset[str]) -> None:
         super().__init__()
         self.categories = categories
+        # For the OpenAPI document; make_query checks it, after the other fields.
+        # (a new mapping: the declared field's is shared by every instance).
+        category = self.fields["category"]
+        category.metadata = {**category.metadata, "enum": sorted(categories)}
 
     @post_load
     def make_query(self, data: dict[str, Any], **_: Any) -> FindTargets:
@@ -174,7 +190,15 @@ class DeadTokenSchema(Schema):
 
     provider = Text(required=True, validate=one_of(DEAD_TOKEN_REASONS))
     token = Text(required=True)
-    reason = Text(required=True)
+    reason = Text(
+        required=True,
+        metadata={
+            "description": "; ".join(
+                f"{provider.value}: {', '.join(sorted(reasons))}"
+                for provider, reasons in DEAD_TOKEN_REASONS.items()
+            )
+        },
+    )
     # RFC 3339 with an offset: a push service's answer is a moment, not a
     # wall-clock reading in an unknown zone.
     observed_at = RecentMoment(
@@ -208,7 +232,9 @@ class FeedbackSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    feedback = fields.List(fields.Nested(DeadTokenSchema), required=True)
+    feedback = fields.List(
+        fields.Nested(DeadTokenSchema), required=True, metadata={"maxItems": MAX_FEEDBACK}
+    )
 
     @pre_load
     def bound_length(self, data: Any, **_: Any) -> Any:
@@ -237,6 +263,7 @@ class SessionSchema(Schema):
         load_default=None,
         validate=Range(1, MAX_SESSION_TTL, error="must be between {min} and {max} seconds"),
         error_messages={"invalid": "must be a whole number of seconds"},
+        metadata={"description": "seconds; GATEWAY_SESSION_TTL when absent"},
     )
 
     def __init__(self, default_ttl: int) -> None:
@@ -373,6 +400,41 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/internal/v1/sessions", open_session),
     ("DELETE", "/internal/v1/sessions/{token}", end_session),
 ]
+
+# The routes above as the OpenAPI document tells them; every one is behind the
+# admin key and answers InternalError with the statuses named.
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "post", "/internal/v1/targets", "internal_find_targets",
+        "The fan-out's targets: live registrations admitting the category",
+        200, "One InternalTarget per line", "InternalTarget",
+        errors=(400, 401, 413, 500, 503),
+        description="NDJSON, one InternalTarget a line, streamed as it is read.",
+        body="InternalTargetsQuery",
+        media_type=NDJSON,
+    ),
+    Operation(
+        "post", "/internal/v1/feedback", "internal_prune_dead_tokens",
+        "Remove the registrations of tokens their push service reported dead",
+        200, "How many registrations were removed", "InternalPruned",
+        errors=(400, 401, 413, 500, 503),
+        body="InternalFeedback",
+    ),
+    Operation(
+        "post", "/internal/v1/sessions", "internal_open_session",
+        "Start a session for a user; its token is both dialects' credential",
+        201, "The new session", "InternalOpenedSession",
+        errors=(400, 401, 413, 500, 503),
+        body="InternalOpenSession",
+    ),
+    Operation(
+        "delete", "/internal/v1/sessions/{token}", "internal_end_session",
+        "End a session and its registrations",
+        204, "The session has ended",
+        errors=(400, 401, 404, 500, 503),
+        path_parameters=(("token", {"type": "string", "pattern": SESSION_TOKEN_PATTERN}),),
+    ),
+)
 
 
 async def unknown_endpoint(request: web.Request) -> web.Response:

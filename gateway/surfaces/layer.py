@@ -42,10 +42,12 @@ from gateway.errors import (
 from gateway.keys import EXECUTOR, SETTINGS
 from gateway.parsing import Text, identifier, load, one_of, read_json_object, rule
 from gateway.wire import (
+    SESSION_TOKEN_PATTERN,
     Detail,
     ErrorRow,
     ErrorTable,
     Handler,
+    Operation,
     json_response,
     row_for,
     session_from_token,
@@ -77,12 +79,16 @@ class RegisterSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    token = Text(required=True)
+    token = Text(required=True, metadata=validation.PUSH_TOKEN_JSON_SCHEMA)
     type = Text(required=True, validate=one_of(TYPES))
     device_id = identifier(required=True)
     apns_bundle_id = identifier(load_default=None, metadata={"description": "apns only"})
     gcm_sender_id = identifier(load_default=None, metadata={"description": "gcm only"})
-    ios_version = Text(load_default=None, validate=rule(_ios_version))
+    ios_version = Text(
+        load_default=None,
+        validate=rule(_ios_version),
+        metadata={"pattern": f"^{IOS_VERSION.pattern}$", "description": "apns only"},
+    )
 
     @post_load
     def make_command(self, data: dict[str, Any], **_: Any) -> Callable[[SessionRef], RegisterToken]:
@@ -285,6 +291,73 @@ def setup_routes(app: web.Application) -> None:
     # [\s\S], not '.': a device id with a newline is a bad property (422), not an unknown path.
     app.router.add_delete(r"/push_tokens/{device_id:[\s\S]+}", unregister_push_token)
     app.router.add_delete("/sessions/{session_token}", end_session)
+
+
+# The routes above as the OpenAPI document tells them; every one also takes
+# the Accept header and answers LayerError with the statuses named.
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "post", "/push_tokens", "layer_register_push_token",
+        "Register a push token for one of the user's devices",
+        202, "Registered; the write has committed",
+        errors=(400, 401, 406, 413, 422, 429, 500, 503),
+        description="Registering again for the same device_id replaces its token.",
+        body="LayerRegister",
+    ),
+    Operation(
+        "get", "/push_tokens", "layer_list_push_tokens",
+        "Every live registration of the session's user, newest first",
+        200, "The registrations, both dialects'",
+        {"type": "array", "items": {"$ref": "#/components/schemas/LayerRegistration"}},
+        errors=(401, 406, 429, 500, 503),
+    ),
+    Operation(
+        "delete", "/push_tokens/{device_id}", "layer_unregister_push_token",
+        "Unregister the token of one of the user's devices",
+        202, "Unregistered, or there was nothing to unregister",
+        errors=(401, 406, 422, 429, 500, 503),
+        path_parameters=(("device_id", {"type": "string", **validation.IDENTIFIER_JSON_SCHEMA}),),
+    ),
+    Operation(
+        "post", "/nonces", "layer_issue_nonce",
+        "Start Layer's authentication handshake: a single-use nonce",
+        201, "A new nonce",
+        {"type": "object", "required": ["nonce"], "properties": {"nonce": {"type": "string"}}},
+        errors=(406, 500, 501, 503),
+        description=(
+            "The app's backend signs an identity token over the nonce (valid 10"
+            " minutes); POST /sessions turns it into a session. No session needed."
+        ),
+        authenticated=False,
+    ),
+    Operation(
+        "post", "/sessions", "layer_log_in",
+        "Trade an identity token for a session",
+        201, "A session, as `gateway session create` makes",
+        {
+            "type": "object",
+            "required": ["session_token"],
+            "properties": {"session_token": {"type": "string", "pattern": SESSION_TOKEN_PATTERN}},
+        },
+        errors=(400, 401, 406, 413, 422, 500, 501, 503),
+        description=(
+            "The identity token is a JWS (RS256, cty layer-eit;v=1, a configured kid)"
+            " with claims iss, prn, iat, exp and nce, a nonce from POST /nonces,"
+            " which it uses up."
+        ),
+        body="LayerLogIn",
+        authenticated=False,
+    ),
+    Operation(
+        "delete", "/sessions/{session_token}", "layer_end_session",
+        "End a session and its registrations",
+        204, "The session has ended",
+        errors=(401, 406, 429, 500, 503),
+        description="The token in the path is the credential; no Authorization needed.",
+        path_parameters=(("session_token", {"type": "string", "pattern": SESSION_TOKEN_PATTERN}),),
+        authenticated=False,
+    ),
+)
 
 
 _CHALLENGE = {"WWW-Authenticate": "Layer"}

@@ -54,6 +54,7 @@ from gateway.wire import (
     ErrorRow,
     ErrorTable,
     Handler,
+    Operation,
     json_response,
     row_for,
     session_from_token,
@@ -73,8 +74,22 @@ class WebPushKeysSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    p256dh = Normalized(validation.check_webpush_p256dh, required=True)
-    auth = Normalized(validation.check_webpush_auth, required=True)
+    p256dh = Normalized(
+        validation.check_webpush_p256dh,
+        required=True,
+        metadata={
+            "pattern": validation.BASE64URL_JSON_PATTERN,
+            "description": "base64url of a 65-byte uncompressed P-256 point",
+        },
+    )
+    auth = Normalized(
+        validation.check_webpush_auth,
+        required=True,
+        metadata={
+            "pattern": validation.BASE64URL_JSON_PATTERN,
+            "description": "base64url of 16 bytes",
+        },
+    )
 
     @post_load
     def make_keys(self, data: dict[str, str], **_: Any) -> WebPushKeys:
@@ -96,9 +111,12 @@ class BindSchema(Schema):
         },
     )
     application = Text(required=True, validate=one_of(APPLICATIONS))
-    token = Text(required=True)
+    token = Text(required=True, metadata=validation.ANY_PUSH_TOKEN_JSON_SCHEMA)
     parameters = JsonObject(WebPushKeysSchema, load_default=None)
-    category_filter = Text(load_default="*")
+    category_filter = Text(
+        load_default="*",
+        metadata={"description": "'*', 'a,b' (only these) or '-a,b' (all but these)"},
+    )
 
     def __init__(
         self, categories: frozenset[str], webpush_hosts: tuple[str, ...] | None = None
@@ -106,6 +124,14 @@ class BindSchema(Schema):
         super().__init__()
         self.categories = categories
         self.webpush_hosts = webpush_hosts
+        # The filter's grammar over these categories, for the OpenAPI document
+        # (a new mapping: the declared field's is shared by every instance).
+        names = "|".join(sorted(categories))
+        category_filter = self.fields["category_filter"]
+        category_filter.metadata = {
+            **category_filter.metadata,
+            "pattern": f"^ *(\\*|-?({names})( *, *({names}))*) *$",
+        }
 
     @post_load
     def make_command(
@@ -259,6 +285,30 @@ ACTIONS: dict[str, Handler] = {
     "user/session/push_token/delete": delete_push_token,
     "user/logout": logout,
 }
+
+# The actions above as the OpenAPI document tells them, each by its POST with
+# a JSON body (the form body and the GET query string carry the same fields as
+# text); every one answers NavixySuccess or the error table's statuses.
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "post", "/v2/user/session/push_token/bind", "navixy_bind",
+        "Bind a push token to the calling session, replacing its earlier one",
+        200, "Done", "NavixySuccess",
+        body="NavixyBind",
+    ),
+    Operation(
+        "post", "/v2/user/session/push_token/delete", "navixy_delete",
+        "Remove the session's binding; succeeds when there is none",
+        200, "Done", "NavixySuccess",
+        body="NavixySession",
+    ),
+    Operation(
+        "post", "/v2/user/logout", "navixy_logout",
+        "End the session, and its binding with it",
+        200, "Done", "NavixySuccess",
+        body="NavixySession",
+    ),
+)
 
 
 # Each action with and without a trailing slash, under /v2 and at the root.

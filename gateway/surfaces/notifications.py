@@ -33,7 +33,7 @@ from gateway.parsing import Text, load, one_of, read_json_object, rule
 from gateway.store import NotificationProgress
 from gateway.surfaces.internal import MAX_TARGETS_BODY_BYTES, TargetsSchema, admin_only
 from gateway.validation import has_control
-from gateway.wire import Handler, json_response
+from gateway.wire import Handler, Operation, json_response
 
 NOTIFICATIONS = "/internal/v1/notifications"
 
@@ -358,6 +358,51 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", NOTIFICATIONS + "/{id}", show_notification),
     ("GET", NOTIFICATIONS + "/{id}/deliveries", list_deliveries),
 ]
+
+_NOTIFICATION_ID = (("id", {"type": "string", "format": "uuid"}),)
+
+# The routes above as the OpenAPI document tells them; behind the admin key,
+# they answer the internal API's errors.
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "post", NOTIFICATIONS, "internal_send_notification",
+        "Queue a message to every target of the audience; 202 once committed",
+        202, "The notification and its target count", "NotificationQueued",
+        errors=(400, 401, 409, 413, 500, 503),
+        description=(
+            "One delivery row per target, written with the notification in one "
+            f"transaction. Idempotency-Key (1 to {MAX_IDEMPOTENCY_KEY_LENGTH} visible ASCII "
+            "characters) makes a retry answer with the first notification."
+        ),
+        body="NotificationRequest",
+        headers=(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {
+                    "type": "string",
+                    "pattern": f"^[!-~]{{1,{MAX_IDEMPOTENCY_KEY_LENGTH}}}$",
+                },
+            },
+        ),
+    ),
+    Operation(
+        "get", NOTIFICATIONS + "/{id}", "internal_show_notification",
+        "A notification's state and its deliveries' outcomes by provider",
+        200, "Its progress", "NotificationProgress",
+        errors=(400, 401, 404, 500, 503),
+        path_parameters=_NOTIFICATION_ID,
+    ),
+    Operation(
+        "get", NOTIFICATIONS + "/{id}/deliveries", "internal_list_deliveries",
+        "A page of its deliveries, by id, of one outcome or all",
+        200, "The page", "DeliveriesPage",
+        errors=(400, 401, 404, 500, 503),
+        path_parameters=_NOTIFICATION_ID,
+        query=DELIVERIES_QUERY,
+    ),
+)
 
 
 def setup_routes(app: web.Application) -> None:

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from gateway.keys import SETTINGS
+from gateway.wire import Operation
 
 PATH = "/webpush/vapid-public-key"
 NOT_CONFIGURED = {
@@ -39,3 +40,30 @@ def setup_routes(app: web.Application) -> None:
         )
 
     app.router.add_get(PATH, vapid_public_key, allow_head=False)
+
+
+# The route above as the OpenAPI document tells it.
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "get", PATH, "vapid_public_key",
+        "The VAPID public key web pages subscribe with (applicationServerKey)",
+        200, "base64url of the 65-byte uncompressed P-256 point",
+        {
+            "type": "object",
+            "required": ["public_key"],
+            "properties": {"public_key": {"type": "string", "pattern": "^[A-Za-z0-9_-]{87}$"}},
+        },
+        other_answers=(
+            (
+                404,
+                "Web Push is not configured (GATEWAY_VAPID_PRIVATE_KEY)",
+                {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+                },
+            ),
+        ),
+        authenticated=False,
+    ),
+)
