@@ -18,12 +18,47 @@ from verify import Verification
 from workload import Layout
 from wrk import WrkRun, cells, measure_threads, merge_statuses, ramp_seconds
 
+FLOOD = "layer_flood"
+
+
+def flood_summary(
+    flood: WrkRun | None, wrk_runs: Sequence[WrkRun], workers: int
+) -> dict[str, Any] | None:
+    """The flood's figures beside a write's: layer_post's at the same connection count."""
+    if flood is None:
+        return None
+    statuses = merge_statuses(flood.summary["threads"])
+    refusal = flood.row()["cpu_us_per_request"]
+    writes = [
+        r.row()["cpu_us_per_request"]
+        for r in wrk_runs
+        if r.server == "gateway"
+        and r.phase == "measure"
+        and r.scenario == "layer_post"
+        and r.connections == flood.connections
+    ]
+    write = statistics.median([w for w in writes if w is not None] or [0]) or None
+    return {
+        "connections": flood.connections,
+        "rps": round(flood.rps, 1),
+        "rps_per_worker": round(flood.rps / workers, 1),
+        "latency_ms": flood.latency_ms(),
+        "statuses": statuses,
+        "socket_errors": flood.socket_errors,
+        "cpu_us_per_request": refusal,
+        "write_cpu_us_per_request": write,
+        "refusal_over_write": round(refusal / write, 3) if refusal and write else None,
+        "passed": flood.socket_errors == 0 and set(statuses) <= {"202", "429"},
+    }
+
 
 def table(results: dict[str, Any]) -> str:
+    workers = int(results.get("workers", 1))
     head = (
         f"{'scenario':<17}{'conns':>6} | {'bare req/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'err':>5}"
         f" | {'gw req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'err':>5}{'non2xx':>7}"
-        f" | {'gw/bare':>7} | {'gw RSS MB':>11}{'cpu µs/req':>11}"
+        f" | {'gw/bare':>7} | {'gw RSS MB':>11}{'cpu µs/req':>11}{'db µs/req':>10}"
+        + (f"{'req/s/worker':>13}" if workers > 1 else "")
     )
     lines = [head, "-" * len(head)]
     for cell in results["summary"]:
@@ -35,6 +70,8 @@ def table(results: dict[str, Any]) -> str:
             f" | {g['rps']:>9.0f}{g['p50_ms']:>8.2f}{g['p99_ms']:>8.1f}{g['socket_errors']:>5}"
             f"{g['non_2xx']:>7} | {(f'{ratio:.2f}' if ratio is not None else '-'):>7}"
             f" | {g['rss_min_mb']:>5.0f}-{g['rss_max_mb']:<5.0f}{_num(g['cpu_us_per_request']):>11}"
+            f"{_num(g.get('database_cpu_us_per_request')):>10}"
+            + (f"{g['rps'] / workers:>13.0f}" if workers > 1 else "")
         )
     v = results["verification"]
     if not v["enabled"]:
@@ -51,6 +88,16 @@ def table(results: dict[str, Any]) -> str:
             f" token, {sum(c['in_flight_landed'] for c in exact)} on the token in flight at"
             f" stop), {len(loose)} loose checks after measured runs; final state"
             f" {checks[-1]['rows']} rows"
+        )
+    flood = results.get("flood")
+    if flood is not None:
+        lines.append(
+            f"rate-limit flood (one session, {flood['connections']} connections):"
+            f" {flood['rps']:.0f} req/s, {flood['statuses']}, p99"
+            f" {flood['latency_ms']['p99']:.1f} ms; CPU per refusal"
+            f" {_num(flood['cpu_us_per_request'])} µs against"
+            f" {_num(flood['write_cpu_us_per_request'])} µs per write:"
+            f" {flood['refusal_over_write'] or 0:.2f} x"
         )
     lines.append(f"overall: {'PASSED' if results['passed'] else 'FAILED'}")
     return "\n".join(lines)
@@ -147,6 +194,11 @@ def _median_cell(runs: list[WrkRun]) -> dict[str, Any]:
 
     cpu = [r.cpu_cores * 1e6 / r.rps for r in runs if r.cpu_cores is not None and r.rps]
     cores = [r.cpu_cores for r in runs if r.cpu_cores is not None]
+    db = [
+        r.database_cpu_cores * 1e6 / r.rps
+        for r in runs
+        if r.database_cpu_cores is not None and r.rps
+    ]
     return {
         "rounds": len(runs),
         "rps": round(med([r.rps for r in runs]), 1),
@@ -160,6 +212,7 @@ def _median_cell(runs: list[WrkRun]) -> dict[str, Any]:
         "rss_max_mb": max(r.rss_max_mb for r in runs),
         "cpu_cores": round(med(cores), 2) if cores else None,
         "cpu_us_per_request": round(med(cpu), 1) if cpu else None,
+        "database_cpu_us_per_request": round(med(db), 1) if db else None,
     }
 
 
@@ -193,7 +246,8 @@ def build_results(
 
     failures = []
     for r in wrk_runs:
-        if r.server == "gateway" and (r.socket_errors or r.non_2xx):
+        # The flood's 429s are its point; flood_summary judges its statuses.
+        if r.server == "gateway" and r.scenario != FLOOD and (r.socket_errors or r.non_2xx):
             statuses = merge_statuses(r.summary["threads"])
             failures.append(
                 f"gateway {r.phase} {r.scenario} c{r.connections}: socket errors "

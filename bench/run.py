@@ -45,11 +45,19 @@ from typing import Any
 
 import report
 import verify
-from servers import ROOT, Server, command, settle
+from servers import ROOT, DatabaseBackends, Server, command, settle
 from tools import free_port
 from verify import Session, Verification, Verifier, log
 from workload import KEY_KIND, SCENARIOS, Layout, Model
-from wrk import Wrk, WrkRun, cells, ensure_wrk, measure_threads, ramp_seconds
+from wrk import (
+    Wrk,
+    WrkRun,
+    cells,
+    ensure_wrk,
+    measure_threads,
+    merge_statuses,
+    ramp_seconds,
+)
 
 BENCH = Path(__file__).resolve().parent
 GATEWAY_CMD = "{python} -m gateway serve --host {host} --port {port}"
@@ -89,6 +97,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of {SCENARIOS}"
     )
     p.add_argument("--rounds", type=int, default=1, help="bare/gateway pairs per cell (1)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="gateway worker processes (1); req/s per worker"
+    )
+    p.add_argument(
+        "--flood",
+        type=int,
+        default=10,
+        help="seconds of the rate-limit flood after the cells (10; 0 skips it)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 3 s runs, 1 s warm-ups")
     p.add_argument("--users", type=int, default=1000)
     p.add_argument("--sessions-per-user", type=int, default=2)
@@ -239,6 +256,32 @@ def verify_run(ctx: Context, r: WrkRun) -> None:
         log(f"    verify: {problem}")
 
 
+FLOOD_CONNECTIONS = 64
+
+
+def run_flood(ctx: Context) -> WrkRun:
+    """One session's worth of requests from every connection, against the gateway only.
+
+    Past its burst the session gets 429 for nearly every request: the run's CPU per
+    request is what a refusal costs, set beside a write's (layer_post at 64
+    connections). Not verified against the model (one key, written by the few
+    requests the limit lets through), only for its statuses.
+    """
+    args = ctx.args
+    log(f"layer_flood x {FLOOD_CONNECTIONS} connections, one session")
+    threads = measure_threads(args, FLOOD_CONNECTIONS)
+    ramp = ramp_seconds(args, FLOOD_CONNECTIONS, threads)
+    r = ctx.wrk.run(
+        ctx.gateway, "layer_flood", FLOOD_CONNECTIONS, threads, args.flood, "measure", 1, ramp
+    )
+    ctx.runs.append(r)
+    log(
+        f"  gateway flood   {r.rps:9.0f} req/s  p99 {r.latency_ms()['p99']:7.1f} ms"
+        f"  statuses {merge_statuses(r.summary['threads'])}"
+    )
+    return r
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     layout = Layout(args.users, args.sessions_per_user, args.devices)
@@ -293,8 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         bare = Server("bare", command(BARE_CMD, port=free_port()), env, logs / f"{tag}-bare.log")
         servers.append(bare)
+        gateway_cmd = args.gateway_cmd + (f" --workers {args.workers}" if args.workers > 1 else "")
         gateway = Server(
-            "gateway", command(args.gateway_cmd, port=free_port()), env, logs / f"{tag}-gateway.log"
+            "gateway", command(gateway_cmd, port=free_port()), env, logs / f"{tag}-gateway.log"
         )
         servers.append(gateway)
         for s in servers:
@@ -309,11 +353,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             bare,
             gateway,
         )
+        if db_name is not None:
+            ctx.wrk.database = DatabaseBackends(db_name)
         for scenario, conns in cells(args):
             for round_ in range(1, args.rounds + 1):
                 log(f"{scenario} x {conns} connections (round {round_}/{args.rounds})")
                 run_one(ctx, bare, scenario, conns, round_)
                 run_one(ctx, gateway, scenario, conns, round_)
+        # Last: the flood writes one key of layer_post's, outside the model.
+        flood = run_flood(ctx) if args.flood > 0 else None
         gateway_rss_after = round(gateway.rss_bytes() / 2**20, 1)
     finally:
         for s in reversed(servers):
@@ -335,6 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.machine_info(wrk_bin, pg_version, pg_server),
         gateway_rss_after,
     )
+    results["workers"] = args.workers
+    results["flood"] = report.flood_summary(flood, ctx.runs, args.workers)
+    if results["flood"] is not None and not results["flood"]["passed"]:
+        results["passed"] = False
+        results["failures"].append("the flood got answers other than 202 and 429")
     (args.results / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(report.table(results))
     if not args.no_chart:

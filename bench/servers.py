@@ -133,13 +133,36 @@ class Server:
         self._log.close()
 
 
-class Sampler:
-    """Samples a server's RSS and CPU time every ``interval`` seconds while a wrk run lasts."""
+class DatabaseBackends:
+    """The PostgreSQL backends serving one database: their CPU is the database's cost."""
 
-    def __init__(self, server: Server, interval: float = 0.5) -> None:
+    def __init__(self, database: str) -> None:
+        self.database = database
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                # A backend's title: "postgres: <user> <database> <client> <state>".
+                title = " ".join(p.info["cmdline"] or ())
+                if title.startswith("postgres: ") and f" {self.database} " in title:
+                    t = p.cpu_times()
+                    total += float(t.user + t.system)
+        return total
+
+
+class Sampler:
+    """Samples a server's RSS and CPU time every ``interval`` seconds while a wrk run lasts,
+    and the CPU time of the database's backends when given them."""
+
+    def __init__(
+        self, server: Server, database: DatabaseBackends | None = None, interval: float = 0.5
+    ) -> None:
         self.server = server
+        self.database = database
         self.interval = interval
         self.samples: list[tuple[float, int, float]] = []  # (epoch s, rss bytes, cpu s)
+        self.database_samples: list[tuple[float, int, float]] = []  # (epoch s, 0, cpu s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -147,6 +170,8 @@ class Sampler:
         rss = self.server.rss_bytes()
         if rss:
             self.samples.append((time.time(), rss, self.server.cpu_seconds()))
+        if self.database is not None:
+            self.database_samples.append((time.time(), 0, self.database.cpu_seconds()))
 
     def _run(self) -> None:
         while True:
@@ -167,9 +192,10 @@ class Sampler:
         rss = [r for _, r, _ in self.samples] or [0]
         return round(min(rss) / 2**20, 1), round(max(rss) / 2**20, 1)
 
-    def cpu_cores(self, t0: float, t1: float) -> float | None:
+    def cpu_cores(self, t0: float, t1: float, *, database: bool = False) -> float | None:
         """CPU seconds per second between the first and last samples inside [t0, t1]."""
-        inside = [(t, c) for t, _, c in self.samples if t0 <= t <= t1]
+        samples = self.database_samples if database else self.samples
+        inside = [(t, c) for t, _, c in samples if t0 <= t <= t1]
         if len(inside) < 2 or inside[-1][0] - inside[0][0] <= 0:
             return None
         return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from servers import HOST, Sampler, Server
+from servers import HOST, DatabaseBackends, Sampler, Server
 from verify import log
 from workload import Layout
 
@@ -65,6 +65,7 @@ class WrkRun:
     rss_max_mb: float
     cpu_cores: float | None
     loadavg_before: float = 0.0
+    database_cpu_cores: float | None = None
     settle: dict[str, float] | None = None
     fold: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] | None = None
@@ -145,6 +146,14 @@ class WrkRun:
             "cpu_us_per_request": (
                 round(self.cpu_cores * 1e6 / rps, 1) if self.cpu_cores is not None and rps else None
             ),
+            "database_cpu_cores": (
+                None if self.database_cpu_cores is None else round(self.database_cpu_cores, 3)
+            ),
+            "database_cpu_us_per_request": (
+                round(self.database_cpu_cores * 1e6 / rps, 1)
+                if self.database_cpu_cores is not None and rps
+                else None
+            ),
             "loadavg_1m_before": round(self.loadavg_before, 2),
             "settle": self.settle,
             "wrk_whole_run": {
@@ -175,6 +184,8 @@ class Wrk:
         self.layout = layout
         self.timeout = timeout
         self.runs = 0
+        # The backends of the bench database, sampled beside the gateway (not bare).
+        self.database: DatabaseBackends | None = None
 
     def run(
         self,
@@ -221,7 +232,8 @@ class Wrk:
         ]
         server.check_alive()
         load = os.getloadavg()[0]
-        with Sampler(server) as sampler:
+        database = self.database if server.name == "gateway" else None
+        with Sampler(server, database) as sampler:
             done = subprocess.run(
                 argv,
                 env=env,
@@ -253,6 +265,7 @@ class Wrk:
             rss_max_mb=rss_max,
             cpu_cores=sampler.cpu_cores(t0, t1),
             loadavg_before=load,
+            database_cpu_cores=sampler.cpu_cores(t0, t1, database=True) if database else None,
         )
 
 

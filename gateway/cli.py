@@ -152,6 +152,7 @@ def _serve_one(settings: Settings, buckets_name: str | None = None, lock: Any = 
 
     from gateway import protocol
     from gateway.app import create_app
+    from gateway.gc_tuning import tune_after_startup
     from gateway.observability import AccessLogger, setup_logging
     from gateway.ratelimit import RateLimiter, SharedBuckets
 
@@ -160,8 +161,11 @@ def _serve_one(settings: Settings, buckets_name: str | None = None, lock: Any = 
     protocol.install()
     buckets = SharedBuckets(buckets_name) if buckets_name else None
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst, buckets, lock)
+    app = create_app(settings, limiter)
+    # Last of the start-up hooks: the pools and caches made there are frozen too.
+    app.on_startup.append(tune_after_startup)
     web.run_app(
-        create_app(settings, limiter),
+        app,
         host=settings.host,
         port=settings.port,
         # Every process binds the same port; the kernel spreads connections.

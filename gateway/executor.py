@@ -21,6 +21,7 @@ from gateway.commands import (
     RevokeSession,
     SendNotification,
     SessionCommand,
+    SessionRef,
     ShowIdentity,
     ShowNotification,
     UnregisterToken,
@@ -148,11 +149,21 @@ class Executor:
         """The group-commit writer, for gateway.observability to watch."""
         return self._writer
 
-    async def execute(self, command: Command) -> Any:
-        if isinstance(command, SessionCommand) and not self._limiter.allow(
-            command.session.token_sha256
-        ):
+    def admit(self, session: SessionRef) -> SessionRef:
+        """Charge the session's rate limit now, before the request's body is read.
+
+        A surface that knows the session from the head alone calls this first,
+        so a refused request costs no body parsing and no validation, and
+        passes the result to :meth:`execute` as ``admitted``.
+        """
+        if not self._limiter.allow(session.token_sha256):
             raise RateLimited()
+        return session
+
+    async def execute(self, command: Command, *, admitted: SessionRef | None = None) -> Any:
+        """Run ``command``; a session is charged unless it is the one ``admitted``."""
+        if isinstance(command, SessionCommand) and command.session != admitted:
+            self.admit(command.session)
         match command:
             case RegisterToken() | UnregisterToken():
                 await self._writer.submit(command)
@@ -174,7 +185,7 @@ class Executor:
             case LogIn():
                 return await self._log_in(command)
             case FindTargets():
-                # An async generator of batches of rows; the caller closes it.
+                # An async generator of batches of NDJSON lines; the caller closes it.
                 return self._internal.find_targets(command)
             case PruneTokens():
                 return await self._internal.prune_tokens(command) if command.tokens else 0

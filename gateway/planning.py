@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,17 +25,21 @@ def lock_key(*parts: str) -> int:
 
 @dataclass
 class WritePlan:
-    """The net effect of a batch of writes, equal to running them one at a time in order."""
+    """The net effect of a batch of writes, equal to running them one at a time in order.
 
-    delete_devices: list[tuple[str, str]] = field(default_factory=list)
-    # (user, session) of each Navixy binding to remove.
-    delete_bindings: list[tuple[str, int]] = field(default_factory=list)
-    # (provider, token, keep_user, keep_device, keep_session) per token registered.
-    release_tokens: list[tuple[str, str, str | None, str | None, int | None]] = field(
-        default_factory=list
-    )
+    Its lists hold the entries of apply_registration_writes()'s document
+    (schema.sql) as they are sent: planning builds them directly, so a batch
+    is walked once to find each key's and token's last command and once to
+    write the entries, with no tuples in between.
+    """
+
+    delete_devices: list[dict[str, Any]] = field(default_factory=list)
+    # Each Navixy binding to remove: its user and session.
+    delete_bindings: list[dict[str, Any]] = field(default_factory=list)
+    # Per token registered: who keeps it (nobody when its last command lost its key).
+    release_tokens: list[dict[str, Any]] = field(default_factory=list)
     # In arrival order: the per-user limit evicts the least recently registered.
-    upserts: list[tuple[ResolvedSession, RegisterToken]] = field(default_factory=list)
+    upserts: list[dict[str, Any]] = field(default_factory=list)
     lock_keys: list[int] = field(default_factory=list)
     session_ids: list[int] = field(default_factory=list)
 
@@ -44,30 +49,17 @@ class WritePlan:
             {
                 "sessions": self.session_ids,
                 "locks": self.lock_keys,
-                "delete_devices": [
-                    {"user_id": user, "device_id": device} for user, device in self.delete_devices
-                ],
-                "delete_bindings": [
-                    {"user_id": user, "session_id": session_id}
-                    for user, session_id in self.delete_bindings
-                ],
-                "release": [
-                    dict(zip(_RELEASE_FIELDS, release, strict=True))
-                    for release in self.release_tokens
-                ],
-                "upserts": [
-                    _upsert(position, session, command)
-                    for position, (session, command) in enumerate(self.upserts)
-                ],
+                "delete_devices": self.delete_devices,
+                "delete_bindings": self.delete_bindings,
+                "release": self.release_tokens,
+                "upserts": self.upserts,
                 "max_per_user": MAX_REGISTRATIONS_PER_USER,
             }
         ).decode()
 
 
-_RELEASE_FIELDS = ("provider", "token", "keep_user", "keep_device", "keep_session")
-
-
 def _upsert(position: int, session: ResolvedSession, command: RegisterToken) -> dict[str, Any]:
+    webpush = command.webpush
     return {
         "position": position,
         "user_id": session.user_id,
@@ -78,8 +70,8 @@ def _upsert(position: int, session: ResolvedSession, command: RegisterToken) -> 
         "apns_bundle_id": command.apns_bundle_id,
         "gcm_sender_id": command.gcm_sender_id,
         "ios_version": command.ios_version,
-        "webpush_p256dh": command.webpush.p256dh if command.webpush else None,
-        "webpush_auth": command.webpush.auth if command.webpush else None,
+        "webpush_p256dh": webpush.p256dh if webpush else None,
+        "webpush_auth": webpush.auth if webpush else None,
         "category_filter": command.category_filter,
     }
 
@@ -91,6 +83,13 @@ def _key(session: ResolvedSession, command: WriteCommand) -> RegistrationKey:
     if command.device_id is None:
         return (session.user_id, "session", session.id)
     return (session.user_id, "device", command.device_id)
+
+
+# A batch's users repeat from batch to batch (the same apps re-register), and a
+# user's lock key is a pure function of the id: kept, it costs a dict lookup.
+@functools.lru_cache(maxsize=65536)
+def _user_lock_key(user_id: str) -> int:
+    return lock_key("user", user_id)
 
 
 def plan_writes(writes: Sequence[tuple[ResolvedSession, WriteCommand]]) -> WritePlan:
@@ -117,27 +116,29 @@ def plan_writes(writes: Sequence[tuple[ResolvedSession, WriteCommand]]) -> Write
             isinstance(command, RegisterToken)
             and last_for_token[(command.provider.value, command.token)] == index
         ):
-            plan.upserts.append((session, command))
+            plan.upserts.append(_upsert(len(plan.upserts), session, command))
         elif command.device_id is None:
-            plan.delete_bindings.append((session.user_id, session.id))
+            plan.delete_bindings.append({"user_id": session.user_id, "session_id": session.id})
         else:
-            plan.delete_devices.append((session.user_id, command.device_id))
+            plan.delete_devices.append(
+                {"user_id": session.user_id, "device_id": command.device_id}
+            )
 
+    locks = {_user_lock_key(session.user_id) for session, _ in writes}
     for (provider, token), index in last_for_token.items():
+        locks.add(lock_key("token", provider, token))
         session, command = writes[index]
-        if index in final_indexes:
-            keep: tuple[str | None, str | None, int | None]
-            if command.device_id is None:
-                keep = (session.user_id, None, session.id)
-            else:
-                keep = (session.user_id, command.device_id, None)
-        else:
-            keep = (None, None, None)
-        plan.release_tokens.append((provider, token, *keep))
+        kept = index in final_indexes
+        plan.release_tokens.append(
+            {
+                "provider": provider,
+                "token": token,
+                "keep_user": session.user_id if kept else None,
+                "keep_device": command.device_id if kept else None,
+                "keep_session": session.id if kept and command.device_id is None else None,
+            }
+        )
 
     plan.session_ids = sorted({session.id for session, _ in writes})
-    plan.lock_keys = sorted(
-        {lock_key("user", session.user_id) for session, _ in writes}
-        | {lock_key("token", provider, token) for provider, token in last_for_token}
-    )
+    plan.lock_keys = sorted(locks)
     return plan

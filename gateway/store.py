@@ -337,10 +337,8 @@ class Store:
                 )
         return OpenedSession(token, expires_at)
 
-    async def find_targets(
-        self, query: FindTargets
-    ) -> AsyncGenerator[list[Row], None]:
-        """The fan-out's targets in batches, read through a server-side cursor.
+    async def find_targets(self, query: FindTargets) -> AsyncGenerator[list[bytes], None]:
+        """The fan-out's targets in batches of NDJSON lines, read through a server-side cursor.
 
         However large the audience, only one batch is in memory at a time. The
         caller must close the generator when it stops early
@@ -350,9 +348,11 @@ class Store:
             return
         with translated():
             async with self._connection() as connection, connection.transaction(readonly=True):
-                cursor = await connection.cursor(FIND_TARGETS, list(query.users), query.category)
+                cursor = await connection.cursor(
+                    FIND_TARGET_LINES, list(query.users), query.category
+                )
                 while batch := await cursor.fetch(TARGETS_BATCH):
-                    yield [dict(row) for row in batch]
+                    yield [row[0] for row in batch]
 
     async def prune_tokens(self, command: PruneTokens) -> int:
         """Remove the registrations of tokens reported dead; how many there were."""
@@ -557,6 +557,7 @@ RETURNING expires_at
 # 'a,b' or '-a,b'; category names hold no commas) in the query, so rows the
 # sender will not use never leave the database. Same semantics as
 # validation.category_filter_admits.
+
 FIND_TARGETS = """
 SELECT r.user_id, r.provider, r.token, r.apns_bundle_id, r.gcm_sender_id, r.ios_version,
        r.webpush_p256dh, r.webpush_auth, r.device_id
@@ -627,6 +628,8 @@ INSERT INTO sessions (token_sha256, user_id, expires_at)
 SELECT $2, $3, now() + make_interval(secs => $4) FROM used
 RETURNING expires_at
 """
+
+
 # ------------------------------------------------------------------ delivery
 # The notifications queue. Claiming, recording and purging are each one
 # statement, so any number of workers on any number of hosts share the tables
@@ -817,3 +820,22 @@ class RecordedOutcome(NamedTuple):
     status: int | None
     error: str | None
     delay: float
+
+
+# ------------------------------------------------------ the fan-out's answer, as bytes
+
+# Each target's NDJSON line, written by PostgreSQL's JSON encoder (row_to_json:
+# compact, keys in this order) and sent as bytea, so the gateway passes the
+# bytes through: no row is decoded into Python objects and encoded again.
+FIND_TARGET_LINES = f"""
+SELECT convert_to(row_to_json(target)::text || E'\\n', 'UTF8')
+FROM (
+    SELECT t.user_id AS "user", t.provider, t.token, t.apns_bundle_id, t.gcm_sender_id,
+           t.ios_version,
+           CASE WHEN t.webpush_p256dh IS NOT NULL
+                THEN json_build_object('p256dh', t.webpush_p256dh, 'auth', t.webpush_auth)
+           END AS webpush,
+           t.device_id
+    FROM ({FIND_TARGETS}) AS t
+) AS target
+"""  # noqa: S608

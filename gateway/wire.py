@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,7 +25,16 @@ SESSION_TOKEN = re.compile(r"[0-9a-fA-F]{32}")
 
 def session_from_token(value: object) -> SessionRef | None:
     """The session a presented token names, or None when it is not one's form."""
-    if not isinstance(value, str) or not SESSION_TOKEN.fullmatch(value):
+    return _session_of(value) if isinstance(value, str) else None
+
+
+# A client presents the same token on every request, and its session (the
+# form check and the SHA-256) is a pure function of it: kept in a small LRU
+# per process. The tokens stay in this process's memory, as each request's do
+# while it runs; only their digests leave it.
+@functools.lru_cache(maxsize=4096)
+def _session_of(value: str) -> SessionRef | None:
+    if not SESSION_TOKEN.fullmatch(value):
         return None
     return SessionRef.from_token(value.lower())
 

@@ -63,6 +63,50 @@ async def test_rate_limit_of_one_session_leaves_others_alone(strict_client):
     assert response.status == 200
 
 
+async def test_layer_session_over_its_rate_is_refused_before_its_body_is_read(strict_client):
+    token = await _mint(strict_client, "hasty")
+    headers = {**layer_headers(token), "Content-Type": "application/json"}
+    body = {"token": APNS, "type": "apns", "device_id": "d1"}
+    for _ in range(2):
+        await strict_client.post("/push_tokens", json=body, headers=headers)
+    # Not JSON at all: a 400 if it were read, a 429 because it is not.
+    response = await strict_client.post("/push_tokens", data=b"{not json", headers=headers)
+    assert response.status == 429
+    assert (await response.json())["id"] == "rate_limit_exceeded"
+
+
+async def test_navixy_hash_in_the_query_is_charged_before_the_parameters_are_checked(
+    strict_client,
+):
+    token = await _mint(strict_client, "eager")
+    url = "/v2/user/session/push_token/bind"
+    for _ in range(2):
+        await strict_client.get(url, params={"hash": token})  # 400: no application
+    response = await strict_client.get(url, params={"hash": token, "application": "nope"})
+    assert response.status == 429
+    assert (await response.json())["status"]["code"] == 15
+
+
+async def test_navixy_hash_in_the_body_is_charged_once_after_parsing(strict_client):
+    token = await _mint(strict_client, "bodily")
+    url = "/v2/user/session/push_token/delete"
+    statuses = [(await strict_client.post(url, json={"hash": token})).status for _ in range(3)]
+    assert statuses == [200, 200, 429]
+
+
+async def test_navixy_body_hash_over_a_query_hash_is_charged_to_the_body_session(
+    strict_client,
+):
+    named, acting = await _mint(strict_client, "named"), await _mint(strict_client, "acting")
+    url = "/v2/user/session/push_token/delete"
+    for _ in range(2):
+        response = await strict_client.post(url, params={"hash": named}, json={"hash": acting})
+        assert response.status == 200
+    # The acting session's budget is spent, whichever hash the query string names.
+    response = await strict_client.post(url, params={"hash": named}, json={"hash": acting})
+    assert response.status == 429
+
+
 def test_limiters_attached_to_shared_buckets_share_one_budget():
     buckets = SharedBuckets(slots=1024)
     try:

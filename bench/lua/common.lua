@@ -114,6 +114,13 @@ function init(args)
       nkeys_total = n
    end
    local j = tid - 1
+   if SCENARIO.keys == "flood" then
+      -- every thread, every request: user 0's first device, through its first session
+      nkeys_total = 0
+      local k = { session = tokens[0], device = "bench-device-0" }
+      k.prefix = SCENARIO.prefix(k, host)
+      keys[1] = k
+   end
    while j < nkeys_total do
       local k = {}
       if SCENARIO.keys == "device" then

@@ -1,6 +1,8 @@
 -- Layer: POST /push_tokens with a session token; a user's devices re-register
 -- (device_id from a small per-user set), every request carrying a fresh APNs token.
-SCENARIO = { name = "layer_post", keys = "device" }
+-- layer_flood.lua sets FLOOD and runs this file: the same requests, all on one key.
+SCENARIO = FLOOD and { name = "layer_flood", keys = "flood" }
+   or { name = "layer_post", keys = "device" }
 
 function SCENARIO.prefix(k, host)
    return "POST /push_tokens HTTP/1.1\r\nHost: " .. host .. "\r\n"

@@ -10,7 +10,6 @@ from collections.abc import AsyncGenerator, Mapping
 from datetime import datetime
 from typing import Any
 
-import orjson
 from aiohttp import web
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load
 from marshmallow.validate import Range
@@ -24,7 +23,6 @@ from gateway.commands import (
     Provider,
     PruneTokens,
     RevokeSession,
-    Row,
 )
 from gateway.errors import (
     AdminKeyRejected,
@@ -308,23 +306,6 @@ def admin_only(handler: Handler) -> Handler:
 # ------------------------------------------------------------------ handlers
 
 
-def _target(row: Row) -> bytes:
-    p256dh = row["webpush_p256dh"]
-    return orjson.dumps(
-        {
-            "user": row["user_id"],
-            "provider": row["provider"],
-            "token": row["token"],
-            "apns_bundle_id": row["apns_bundle_id"],
-            "gcm_sender_id": row["gcm_sender_id"],
-            "ios_version": row["ios_version"],
-            "webpush": None if p256dh is None else {"p256dh": p256dh, "auth": row["webpush_auth"]},
-            "device_id": row["device_id"],
-        },
-        option=orjson.OPT_APPEND_NEWLINE,
-    )
-
-
 def _cut(request: web.Request) -> None:
     """End a chunked answer without its last chunk, so the sender sees it is incomplete."""
     if request.transport is not None:
@@ -353,18 +334,17 @@ async def find_targets(request: web.Request) -> web.StreamResponse:
         async with asyncio.timeout_at(min(loop.time() + write_timeout, last_write)):
             await response.write(chunk)
 
-    targets: AsyncGenerator[list[Row], None] = await request.app[EXECUTOR].execute(query)
+    targets: AsyncGenerator[list[bytes], None] = await request.app[EXECUTOR].execute(query)
     async with contextlib.aclosing(targets) as batches:
         # A failure before the first batch still gets an error status; after
         # the status has gone out, cutting the connection is the only signal.
-        batch: list[Row] = await anext(batches, [])
+        batch: list[bytes] = await anext(batches, [])
         await response.prepare(request)
         try:
             pending: list[bytes] = []
             size = 0
             while batch:
-                for row in batch:
-                    line = _target(row)
+                for line in batch:
                     pending.append(line)
                     size += len(line)
                     if size >= WRITE_CHUNK_BYTES:

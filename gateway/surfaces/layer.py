@@ -155,17 +155,30 @@ def _accepted(versions: frozenset[str]) -> str:
     return " or ".join(f"{MEDIA_TYPE}; version={v}" for v in sorted(versions))
 
 
-def _check_accept(request: web.Request) -> None:
-    versions = request.app[SETTINGS].layer_versions
-    for media_range in request.headers.get("Accept", "").split(","):
+# A keep-alive client sends the same few header strings on every request, and
+# both verdicts below are pure functions of them: a small LRU per process
+# saves the parse (and the SHA-256) each time. Bounded, so a client varying
+# its headers costs the parse, never memory.
+HEADER_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
+def _acceptable(accept: str, versions: frozenset[str]) -> bool:
+    for media_range in accept.split(","):
         media_type, *parameters = media_range.split(";")
         if media_type.strip().lower() != MEDIA_TYPE:
             continue
         for parameter in parameters:
             name, _, value = parameter.partition("=")
             if name.strip().lower() == "version" and value.strip().strip('"') in versions:
-                return
-    raise NotAcceptable(f"Accept must be {_accepted(versions)}")
+                return True
+    return False
+
+
+def _check_accept(request: web.Request) -> None:
+    versions = request.app[SETTINGS].layer_versions
+    if not _acceptable(request.headers.get("Accept", ""), versions):
+        raise NotAcceptable(f"Accept must be {_accepted(versions)}")
 
 
 def _route(handler: Handler) -> Handler:
@@ -191,9 +204,16 @@ def _route(handler: Handler) -> Handler:
     return serve
 
 
+# The cache holds Authorization values, i.e. session tokens, in this process's
+# memory (as each request does while it runs); only their digests leave it.
+@functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
+def _session_of(authorization: str) -> SessionRef | None:
+    match = _AUTHORIZATION.fullmatch(authorization)
+    return session_from_token((match.group(1) or match.group(2)) if match else None)
+
+
 def _session(request: web.Request) -> SessionRef:
-    match = _AUTHORIZATION.fullmatch(request.headers.get("Authorization", ""))
-    session = session_from_token((match.group(1) or match.group(2)) if match else None)
+    session = _session_of(request.headers.get("Authorization", ""))
     if session is None:
         raise MissingCredentials()
     return session
@@ -201,9 +221,11 @@ def _session(request: web.Request) -> SessionRef:
 
 @_route
 async def register_push_token(request: web.Request) -> web.Response:
-    session = _session(request)
+    executor = request.app[EXECUTOR]
+    # Refused before the body is read: a flood costs no parsing.
+    session = executor.admit(_session(request))
     registration = load(REGISTER_SCHEMA, await read_json_object(request))
-    await request.app[EXECUTOR].execute(registration(session))
+    await executor.execute(registration(session), admitted=session)
     return web.Response(status=202)
 
 

@@ -183,9 +183,23 @@ def _single_values(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     return values
 
 
-async def _parameters(request: web.Request) -> dict[str, Any]:
-    """The action's parameters, the body's taking precedence over the query string's."""
+async def _parameters(request: web.Request) -> tuple[dict[str, Any], SessionRef | None]:
+    """The action's parameters, the body's taking precedence over the query string's.
+
+    And the session already charged to the rate limit: the one the query
+    string or the Authorization header names, if any, charged before the body
+    is read (a hash in the body is charged after parsing, by the executor).
+    """
     parameters = _single_values(decode_pairs(request.rel_url.raw_query_string))
+    try:
+        head_session: SessionRef | None = _session(request, parameters)
+    except MissingCredentials:
+        head_session = None  # the body may still bring the hash
+    admitted = None if head_session is None else request.app[EXECUTOR].admit(head_session)
+    return await _with_body(request, parameters), admitted
+
+
+async def _with_body(request: web.Request, parameters: dict[str, Any]) -> dict[str, Any]:
     if request.method != "POST" or not request.body_exists:
         return parameters
     if request.content_type == "application/json":
@@ -237,23 +251,25 @@ def _success() -> web.Response:
 
 
 async def bind_push_token(request: web.Request) -> web.Response:
-    parameters = await _parameters(request)
+    parameters, admitted = await _parameters(request)
     session = _session(request, parameters)
     binding = load(request.app[BIND_SCHEMA], parameters)
-    await request.app[EXECUTOR].execute(binding(session))
+    await request.app[EXECUTOR].execute(binding(session), admitted=admitted)
     return _success()
 
 
 async def delete_push_token(request: web.Request) -> web.Response:
-    parameters = await _parameters(request)
+    parameters, admitted = await _parameters(request)
     session = _session(request, parameters)
-    await request.app[EXECUTOR].execute(UnregisterToken(session=session, device_id=None))
+    command = UnregisterToken(session=session, device_id=None)
+    await request.app[EXECUTOR].execute(command, admitted=admitted)
     return _success()
 
 
 async def logout(request: web.Request) -> web.Response:
-    parameters = await _parameters(request)
-    await request.app[EXECUTOR].execute(EndSession(_session(request, parameters)))
+    parameters, admitted = await _parameters(request)
+    command = EndSession(_session(request, parameters))
+    await request.app[EXECUTOR].execute(command, admitted=admitted)
     return _success()
 
 
