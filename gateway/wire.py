@@ -18,6 +18,20 @@ from gateway.errors import GatewayError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+
+async def methods_elsewhere(
+    request: web.Request, within: Callable[[str], bool] | None = None
+) -> set[str]:
+    """The methods other routes serve at this request's path, for a catch-all to
+    answer 405 where aiohttp's router would have (``within``: only their paths)."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is request.match_info.route.resource:
+            continue
+        if within is None or within(resource.canonical):
+            allowed |= (await resource.resolve(request))[1]
+    return allowed
+
 # A session token as the gateway mints it (secrets.token_hex(16)); either case
 # is accepted, and it is kept by the digest of its lowercase form.
 SESSION_TOKEN = re.compile(r"[0-9a-fA-F]{32}")

@@ -50,6 +50,7 @@ from gateway.wire import (
     Handler,
     Operation,
     json_response,
+    methods_elsewhere,
     row_for,
     session_from_token,
 )
@@ -440,11 +441,8 @@ OPERATIONS: tuple[Operation, ...] = (
 
 async def unknown_endpoint(request: web.Request) -> web.Response:
     """Anything else under /internal: behind the key too, so nothing is learnt without it."""
-    for route in request.app.router.routes():
-        if route.resource is None or not owns(route.resource.canonical):
-            continue
-        if route.method != "*" and (await route.resource.resolve(request))[1]:
-            raise MethodNotAllowed()
+    if await methods_elsewhere(request, within=owns):
+        raise MethodNotAllowed()
     raise UnknownEndpoint()
 
 

@@ -54,6 +54,7 @@ from gateway.wire import (
     Handler,
     Operation,
     json_response,
+    methods_elsewhere,
     row_for,
     session_from_token,
 )
@@ -336,10 +337,7 @@ def setup_routes(app: web.Application) -> None:
 async def unrouted(request: web.Request) -> web.StreamResponse:
     # As aiohttp's router answers where no route matches: 405 where another
     # route has the path, else 404.
-    allowed: set[str] = set()
-    for resource in request.app.router.resources():
-        if resource is not request.match_info.route.resource:
-            allowed |= (await resource.resolve(request))[1]
+    allowed = await methods_elsewhere(request)
     if allowed:
         raise web.HTTPMethodNotAllowed(request.method, allowed)
     raise web.HTTPNotFound()
@@ -356,8 +354,6 @@ def setup_catch_all(app: web.Application) -> None:
     )
 
 
-# The routes above as the OpenAPI document tells them; every one also takes
-# the Accept header and answers LayerError with the statuses named.
 _TEXT: dict[str, Any] = {"type": "string"}
 # What show_identity answers, as the document tells it.
 _IDENTITY_SCHEMA: dict[str, Any] = {
@@ -381,6 +377,8 @@ _IDENTITY_SCHEMA: dict[str, Any] = {
 }
 
 
+# The routes above as the OpenAPI document tells them; every one also takes
+# the Accept header and answers LayerError with the statuses named.
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "post", "/push_tokens", "layer_register_push_token",
